@@ -1,0 +1,69 @@
+"""Stage 2 of BUTTON: an atomic task for the item's scenario.
+
+An atomic task is solvable in one step, self-contained, mentions no tools and has at
+most ``cfg.atomic_task_max_words`` words. A longer task parses fine but breaks the
+rule, so it is retried with a new seed (``malformed=False``).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from button_ray.bottom_up.common import clean_text, parse_json_as, run_item_step, word_count
+from button_ray.config import MethodConfig
+from button_ray.llm.contract import LLMClient, LLMResponse
+from button_ray.prompts import render
+from button_ray.records import WorkItem
+from button_ray.steps import ParseError
+
+STAGE = "atomic_task"
+# Characters, not words: JSON schema cannot count words, so this only stops rambling
+# well past the word limit; the word rule itself is checked in parse().
+TASK_MAX_CHARS = 400
+
+
+class AtomicTaskOutput(BaseModel):
+    """``{"task": str}``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task: str = Field(min_length=1)
+
+
+def schema() -> dict:
+    """JSON schema of the atomic-task output."""
+    return {
+        "type": "object",
+        "properties": {"task": {"type": "string", "minLength": 1, "maxLength": TASK_MAX_CHARS}},
+        "required": ["task"],
+        "additionalProperties": False,
+    }
+
+
+def prompt(scenario: str, cfg: MethodConfig) -> str:
+    """The rendered atomic-task prompt for ``scenario``."""
+    return render("atomic_task.j2", scenario=scenario, max_words=cfg.atomic_task_max_words)
+
+
+def parse(response: LLMResponse, max_words: int) -> str:
+    """The task text; ``empty_output``/``bad_json``/``schema_mismatch``/``too_long`` otherwise."""
+    task = clean_text(parse_json_as(AtomicTaskOutput, response.text).task)
+    if not task:
+        raise ParseError("schema_mismatch", "task is blank")
+    words = word_count(task)
+    if words > max_words:
+        raise ParseError("too_long", f"{words} words > {max_words}: {task[:200]}", malformed=False)
+    return task
+
+
+async def write_atomic_task(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> str | None:
+    """The atomic task for ``item.scenario``, or None with the item rejected."""
+    return await run_item_step(
+        item,
+        STAGE,
+        prompt(item.scenario.text, cfg),
+        schema(),
+        lambda r: parse(r, cfg.atomic_task_max_words),
+        llm,
+        cfg,
+    )

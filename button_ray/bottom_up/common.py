@@ -1,0 +1,118 @@
+"""What every bottom-up stage shares: building a request, reading JSON out of a
+completion, and running one step for one item.
+
+Parsing is defensive on purpose: an engine may ignore the output constraint (or run
+without one), so a completion can arrive code-fenced, with chatter around the object,
+or cut short. Each failure maps to a machine-readable :class:`ParseError` reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from button_ray.config import MethodConfig
+from button_ray.llm.contract import ChatMessage, LLMClient, LLMRequest, LLMResponse, OutputConstraint, Role
+from button_ray.records import WorkItem
+from button_ray.steps import ParseError, StepResult, run_step
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+_FENCE = re.compile(r"```[A-Za-z0-9_-]*")
+_DECODER = json.JSONDecoder()
+
+
+def extract_json_object(text: str) -> dict[str, Any]:
+    """The first JSON object in ``text`` (code fences and surrounding prose ignored).
+
+    Raises ``ParseError("empty_output")`` for blank text and ``ParseError("bad_json")``
+    when no object decodes.
+    """
+    cleaned = _FENCE.sub("", text).strip()
+    if not cleaned:
+        raise ParseError("empty_output", "the completion is empty")
+    start = cleaned.find("{")
+    while start != -1:
+        try:
+            value, _ = _DECODER.raw_decode(cleaned, start)
+        except json.JSONDecodeError:
+            pass
+        else:
+            if isinstance(value, dict):
+                return value
+        start = cleaned.find("{", start + 1)
+    raise ParseError("bad_json", cleaned[:300])
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    """``model.model_validate(data)``, turning a validation error into ``schema_mismatch``."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise ParseError("schema_mismatch", problems) from None
+
+
+def parse_json_as(model: type[M], text: str) -> M:
+    """Extract the first JSON object of ``text`` and validate it against ``model``."""
+    return validate(model, extract_json_object(text))
+
+
+def word_count(text: str) -> int:
+    """Whitespace-separated words (the unit of BUTTON's length limits)."""
+    return len(text.split())
+
+
+def clean_text(text: str) -> str:
+    """Collapse whitespace so length checks and dedup see the text a reader sees."""
+    return " ".join(text.split())
+
+
+def make_request(
+    role: Role,
+    prompt: str,
+    schema: dict[str, Any],
+    request_id: str,
+    cfg: MethodConfig,
+    affinity_key: str | None = None,
+) -> LLMRequest:
+    """One single-message request; the schema is attached only if ``cfg.use_constraints``.
+
+    The seed is left unset: :func:`button_ray.steps.run_step` derives one per attempt.
+    """
+    return LLMRequest(
+        role=role,
+        messages=(ChatMessage(role="user", content=prompt),),
+        sampling=cfg.sampling.for_role(role),
+        constraint=OutputConstraint(kind="json_schema", spec=schema) if cfg.use_constraints else None,
+        affinity_key=affinity_key,
+        request_id=request_id,
+    )
+
+
+async def run_item_step(
+    item: WorkItem,
+    stage: Role,
+    prompt: str,
+    schema: dict[str, Any],
+    parse: Callable[[LLMResponse], T],
+    llm: LLMClient,
+    cfg: MethodConfig,
+) -> T | None:
+    """Run one stage for ``item``; on failure reject the item with the step's reason.
+
+    Usage is booked under ``stage``; the request id is ``{item_id}/{stage}`` and the
+    item id is the affinity key, so all of an item's calls share a replica.
+    """
+    request = make_request(stage, prompt, schema, f"{item.item_id}/{stage}", cfg, affinity_key=item.item_id)
+    result: StepResult[T] = await run_step(llm, lambda _attempt: request, parse, item.usage_for(stage), cfg.retries)
+    if not result.ok:
+        item.reject(stage, result.reason or "unknown", result.detail)
+        return None
+    return result.value

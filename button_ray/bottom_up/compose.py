@@ -1,0 +1,107 @@
+"""Stage 3 of BUTTON: compose a multi-step task from one atomic task.
+
+*Sequential* adds a subsequent task that consumes the first one's output (2 sub-tasks);
+*parallel_then_sequential* adds an independent parallel task and a final task that
+consumes both outputs (3 sub-tasks). The strategy of an item is a pure function of its
+id and ``cfg.strategy_mix``, so re-runs make the same choice.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from button_ray.bottom_up.common import clean_text, parse_json_as, run_item_step
+from button_ray.config import MethodConfig
+from button_ray.llm.contract import LLMClient, LLMResponse
+from button_ray.prompts import render
+from button_ray.records import Composition, Strategy, WorkItem, derive_seed
+from button_ray.steps import ParseError
+
+STAGE = "composition"
+SUBTASK_COUNT: dict[Strategy, int] = {"sequential": 2, "parallel_then_sequential": 3}
+SUBTASK_MAX_CHARS = 300
+COMPOSITE_MAX_CHARS = 600
+_SEED_SPACE = 16**15  # derive_seed draws 15 hex digits
+
+
+class CompositionOutput(BaseModel):
+    """``{"subtasks": [str, ...], "composite_task": str}``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    subtasks: tuple[str, ...]
+    composite_task: str = Field(min_length=1)
+
+
+def choose_strategy(item_id: str, mix: dict[str, float]) -> Strategy:
+    """The item's strategy: a weighted draw from ``mix`` seeded by ``item_id``.
+
+    Strategies are visited in sorted order so the draw does not depend on the mix
+    dict's insertion order (YAML key order must not change outputs).
+    """
+    choices = [(name, weight) for name, weight in sorted(mix.items()) if weight > 0]
+    point = derive_seed(item_id, "strategy") / _SEED_SPACE * sum(w for _, w in choices)
+    for name, weight in choices:
+        point -= weight
+        if point < 0:
+            return name  # type: ignore[return-value]
+    return choices[-1][0]  # type: ignore[return-value]
+
+
+def schema(strategy: Strategy) -> dict:
+    """JSON schema of a composition with exactly the strategy's number of sub-tasks."""
+    n = SUBTASK_COUNT[strategy]
+    return {
+        "type": "object",
+        "properties": {
+            "subtasks": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1, "maxLength": SUBTASK_MAX_CHARS},
+                "minItems": n,
+                "maxItems": n,
+            },
+            "composite_task": {"type": "string", "minLength": 1, "maxLength": COMPOSITE_MAX_CHARS},
+        },
+        "required": ["subtasks", "composite_task"],
+        "additionalProperties": False,
+    }
+
+
+def prompt(strategy: Strategy, atomic_task: str) -> str:
+    """The rendered composition prompt of ``strategy``."""
+    return render(f"composition_{strategy}.j2", task=atomic_task)
+
+
+def parse(response: LLMResponse, strategy: Strategy, atomic_task: str) -> Composition:
+    """A :class:`Composition` whose first sub-task is ``atomic_task`` verbatim.
+
+    The model restates the first task; its restatement is replaced by the original so
+    a paraphrase cannot drift from the task that was written and checked.
+    """
+    out = parse_json_as(CompositionOutput, response.text)
+    subtasks = [clean_text(s) for s in out.subtasks]
+    expected = SUBTASK_COUNT[strategy]
+    if len(subtasks) != expected:
+        raise ParseError(
+            "wrong_subtask_count", f"{len(subtasks)} sub-tasks, {strategy} needs {expected}", malformed=False
+        )
+    if not all(subtasks[1:]):
+        raise ParseError("schema_mismatch", "blank sub-task")
+    composite = clean_text(out.composite_task)
+    if not composite:
+        raise ParseError("schema_mismatch", "composite_task is blank")
+    return Composition(strategy=strategy, subtasks=(atomic_task, *subtasks[1:]), composite_task=composite)
+
+
+async def compose(item: WorkItem, atomic_task: str, llm: LLMClient, cfg: MethodConfig) -> Composition | None:
+    """The item's composition, or None with the item rejected."""
+    strategy = choose_strategy(item.item_id, cfg.strategy_mix)
+    return await run_item_step(
+        item,
+        STAGE,
+        prompt(strategy, atomic_task),
+        schema(strategy),
+        lambda r: parse(r, strategy, atomic_task),
+        llm,
+        cfg,
+    )

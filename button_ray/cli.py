@@ -1,0 +1,128 @@
+"""The `button-ray` command: generate, scenarios, export, validate.
+
+Configuration problems are reported before Ray or any engine starts, naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+def _config_error(exc: ValidationError) -> str:
+    lines = [f"invalid configuration ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _load(args: argparse.Namespace):
+    from button_ray.config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "output", None):
+        overrides.append(f"output.uri={args.output}")
+    return load_config(args.config, overrides)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from button_ray import summary
+    from button_ray.inputs import InputError
+    from button_ray.pipeline import EngineStartError, run_generate
+    from button_ray.sink import OutputError
+
+    cfg = _load(args)
+    try:
+        result = run_generate(cfg, limit=args.num_scenarios)
+    except (OutputError, InputError, EngineStartError) as exc:
+        print(f"button-ray: {exc}", file=sys.stderr)
+        return 2
+    summary.render(result)
+    print(f"output: {cfg.output.uri} (summary.json, manifest.json)")
+    return 0
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from button_ray.scenario_job import run_scenario_job
+
+    cfg = _load(args)
+    result = run_scenario_job(cfg, seeds=args.seeds, base=args.base, target=args.target, out_path=args.out)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from button_ray.export import export_button_jsonl
+
+    n = export_button_jsonl(args.run, args.out)
+    print(f"wrote {n} trajectories to {args.out}")
+    if args.validate:
+        return cmd_validate(argparse.Namespace(path=args.out))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from button_ray.button_format import validate_jsonl
+
+    report = validate_jsonl(args.path)
+    print(json.dumps(report, indent=1))
+    return 0 if report["invalid"] == 0 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="button-ray", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="YAML config (default: built-in defaults)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set method.parallel_ratio=0.7")
+
+    g = sub.add_parser("generate", help="generate BUTTON trajectories (resumes an existing output)")
+    common(g)
+    g.add_argument("--output", help="output URI (local path, s3://...); overrides output.uri")
+    g.add_argument("--num-scenarios", type=int, default=None, help="use the first N scenarios")
+    g.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("scenarios", help="extract, expand and deduplicate a scenario pool")
+    common(s)
+    s.add_argument("--seeds", help="seed conversations (.jsonl: glaive system/chat rows or message lists)")
+    s.add_argument("--base", default="default", help="base scenario list (.txt) or 'default'")
+    s.add_argument("--target", type=int, default=500, help="pool size to reach by expansion")
+    s.add_argument("--out", required=True, help="where to write the pool (.txt, one per line)")
+    s.set_defaults(fn=cmd_scenarios)
+
+    e = sub.add_parser("export", help="write BUTTON JSON Lines from a run's committed Parquet")
+    e.add_argument("run", help="the run's output URI")
+    e.add_argument("out", help="the .jsonl file to write")
+    e.add_argument("--validate", action="store_true", help="run the strict BUTTON validator on it")
+    e.set_defaults(fn=cmd_export)
+
+    v = sub.add_parser("validate", help="check a BUTTON .jsonl file against the exact format")
+    v.add_argument("path")
+    v.set_defaults(fn=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from button_ray.config import ConfigError
+
+    try:
+        return args.fn(args)
+    except ValidationError as exc:
+        print(f"button-ray: {_config_error(exc)}", file=sys.stderr)
+        return 2
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"button-ray: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

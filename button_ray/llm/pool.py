@@ -1,0 +1,124 @@
+"""The client side of the replica pools: routing, failover and deadlines.
+
+A :class:`PoolClient` lives in every pipeline actor and implements ``LLMClient``.
+Routing is decided locally, with no router actor on the request path (no extra hop,
+no central bottleneck):
+
+* a request with an ``affinity_key`` seen before goes to the replica that served that
+  key (one trajectory stays on one replica, so its growing prefix stays cached);
+* otherwise the replica with the fewest requests outstanding from this client wins
+  (ties broken by a per-client rotation, so many clients do not pile onto replica 0).
+
+A replica that dies mid-request (actor error, or its engine reported dead) is skipped
+and the request goes to another replica; Ray restarts the dead one. A request that
+exceeds its deadline is cancelled and retried once elsewhere, then fails the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+
+from button_ray.config import PoolConfig
+from button_ray.llm.contract import LLMRequest, LLMRequestError, LLMResponse, ReplicaFatalError
+
+log = logging.getLogger(__name__)
+
+_AFFINITY_CAPACITY = 100_000
+
+
+class LLMUnavailableError(RuntimeError):
+    """No replica could serve the request within the failover budget."""
+
+
+class _Pool:
+    def __init__(self, config: PoolConfig, handles: list[Any], rotation: int) -> None:
+        self.config = config
+        self.handles = handles
+        self.outstanding = [0] * len(handles)
+        self.affinity: OrderedDict[str, int] = OrderedDict()
+        self._tiebreak = itertools.count(rotation)
+
+    def pick(self, key: str | None, exclude: set[int]) -> int:
+        if key is not None and key in self.affinity and self.affinity[key] not in exclude:
+            self.affinity.move_to_end(key)
+            return self.affinity[key]
+        n = len(self.handles)
+        start = next(self._tiebreak) % n
+        order = [(start + i) % n for i in range(n)]
+        candidates = [i for i in order if i not in exclude] or order
+        choice = min(candidates, key=lambda i: self.outstanding[i])
+        if key is not None:
+            self.affinity[key] = choice
+            self.affinity.move_to_end(key)
+            if len(self.affinity) > _AFFINITY_CAPACITY:
+                self.affinity.popitem(last=False)
+        return choice
+
+
+class PoolClient:
+    """``LLMClient`` over one or more replica pools (one per role group)."""
+
+    def __init__(
+        self,
+        pools: dict[str, tuple[PoolConfig, list[Any]]],
+        client_index: int = 0,
+        max_failovers: int = 6,
+        affinity: bool = True,
+    ) -> None:
+        self._pools = {name: _Pool(cfg, handles, client_index) for name, (cfg, handles) in pools.items()}
+        self._by_role = {role: name for name, (cfg, _) in pools.items() for role in cfg.roles}
+        self.max_failovers = max_failovers
+        self.affinity = affinity
+        self.failovers = 0
+        self.timeouts = 0
+
+    def outstanding(self) -> dict[str, list[int]]:
+        return {name: list(p.outstanding) for name, p in self._pools.items()}
+
+    async def generate(self, request: LLMRequest) -> LLMResponse:
+        pool = self._pools[self._by_role[request.role]]
+        key = request.affinity_key if self.affinity else None
+        exclude: set[int] = set()
+        timed_out = False
+        last_error: BaseException | None = None
+        for attempt in range(self.max_failovers + 1):
+            idx = pool.pick(key, exclude)
+            pool.outstanding[idx] += 1
+            ref = pool.handles[idx].generate.remote(request)
+            try:
+                return await asyncio.wait_for(ref, timeout=pool.config.request_timeout_s)
+            except LLMRequestError:
+                raise
+            except (asyncio.TimeoutError, GetTimeoutError) as exc:
+                ray.cancel(ref)
+                self.timeouts += 1
+                if timed_out:
+                    raise LLMUnavailableError(
+                        f"request {request.request_id} exceeded {pool.config.request_timeout_s}s twice"
+                    ) from exc
+                timed_out, last_error = True, exc
+            except (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaFatalError) as exc:
+                last_error = exc
+                self.failovers += 1
+                log.warning("replica %s/%d failed (%s); retrying elsewhere", pool.config.name, idx,
+                            type(exc).__name__)
+                # Back off so a restarting replica (and its engine) has time to come back.
+                await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+            finally:
+                pool.outstanding[idx] -= 1
+            exclude.add(idx)
+            if len(exclude) >= len(pool.handles):
+                exclude.clear()
+            if key is not None:
+                pool.affinity.pop(key, None)
+        raise LLMUnavailableError(
+            f"request {request.request_id}: no replica of pool {pool.config.name!r} answered "
+            f"after {self.max_failovers + 1} attempts: {last_error!r}"
+        )

@@ -1,0 +1,94 @@
+"""A Ray actor hosting one engine replica.
+
+Ray concerns only: admission (the actor's ``max_concurrency`` bounds requests in the
+engine; the rest wait in Ray's queue), restarts (``max_restarts``), and exit when the
+engine is dead so that Ray replaces the process instead of it looping on errors. The
+engine is started lazily on the first call after every (re)start, so a restarted actor
+comes back without the driver's help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import ray
+
+from button_ray.config import PoolConfig
+from button_ray.llm.contract import LLMRequest, LLMResponse, ReplicaFatalError
+from button_ray.llm.engine import load_engine_class
+
+log = logging.getLogger(__name__)
+
+#: Delay before a replica with a dead engine exits: long enough for the error reply to
+#: leave the actor, short enough that callers' retries land on a fresh process.
+_EXIT_DELAY_S = 0.2
+
+
+class LLMReplica:
+    """One engine behind a Ray actor; wrap with :func:`replica_actor_class`."""
+
+    def __init__(self, pool: PoolConfig, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.engine = load_engine_class(pool.engine_class)(pool)
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self.served = 0
+
+    async def _ensure_started(self) -> None:
+        if self._started:
+            return
+        async with self._start_lock:
+            if not self._started:
+                await self.engine.start()
+                self._started = True
+
+    async def ready(self) -> dict[str, Any]:
+        """Start the engine; return what the driver records in lineage."""
+        await self._ensure_started()
+        return {
+            "pool": self.pool.name,
+            "index": self.index,
+            "model": self.engine.model_name,
+            "engine_version": self.engine.engine_version,
+            "pid": os.getpid(),
+            "restarts": ray.get_runtime_context().was_current_actor_reconstructed,
+        }
+
+    async def generate(self, request: LLMRequest) -> LLMResponse:
+        """Serve one request; on a dead engine, answer the error and exit the process."""
+        try:
+            await self._ensure_started()
+            response = await self.engine.generate(request)
+        except ReplicaFatalError:
+            log.error("replica %s/%d: engine is dead; exiting so Ray replaces it", self.pool.name, self.index)
+            asyncio.get_running_loop().call_later(_EXIT_DELAY_S, os._exit, 1)
+            raise
+        self.served += 1
+        return response
+
+    async def metrics(self) -> dict[str, Any]:
+        """Engine counters plus this process's identity (pid changes on restart)."""
+        return {**self.engine.metrics(), "served": self.served, "pid": os.getpid(), "index": self.index}
+
+
+def start_replicas(pool: PoolConfig, name_prefix: str | None = None) -> list[Any]:
+    """Create ``pool.replicas`` actors (not yet ready: call ``ready`` on each)."""
+    cls = ray.remote(LLMReplica)
+    handles = []
+    for i in range(pool.replicas):
+        options: dict[str, Any] = {
+            "num_cpus": pool.num_cpus,
+            "num_gpus": pool.num_gpus,
+            "max_concurrency": pool.max_inflight,
+            # Replace a dead replica; callers retry its in-flight requests elsewhere.
+            "max_restarts": -1,
+            "max_task_retries": 0,
+        }
+        if name_prefix:
+            options["name"] = f"{name_prefix}-{pool.name}-{i}"
+        handles.append(cls.options(**options).remote(pool, i))
+    return handles

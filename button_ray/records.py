@@ -1,0 +1,285 @@
+"""The one data model: what flows between stages and what lands in storage.
+
+Every unit of work is an *item*: one (scenario, slot) pair. Each item ends in exactly
+one outcome: ``emitted`` (an accepted trajectory), ``rejected`` (stage + reason) or
+``failed`` (an error that is not the record's fault). Ids are deterministic from the
+input and the config fingerprint, so a re-run produces the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Strategy = Literal["sequential", "parallel_then_sequential"]
+Outcome = Literal["pending", "emitted", "rejected", "failed"]
+FUNCTION_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def stable_id(*parts: object, length: int = 16) -> str:
+    """A short deterministic hex id over ``parts`` (the same inputs give the same id)."""
+    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode())
+    return h.hexdigest()[:length]
+
+
+def derive_seed(*parts: object) -> int:
+    """A per-request seed derived from record ids, so every run makes the same requests."""
+    return int(stable_id(*parts, length=15), 16)
+
+
+class Scenario(_Frozen):
+    """A short everyday situation, the root of every item."""
+
+    scenario_id: str
+    text: str = Field(min_length=1)
+    source: str = Field("list", description="'list', 'extraction', 'expansion' or a file name.")
+
+
+class FunctionDef(_Frozen):
+    """A function definition in the BUTTON shape (five fields, this order when serialized)."""
+
+    name: str = Field(pattern=FUNCTION_NAME_PATTERN)
+    description: str
+    parameters: dict[str, dict[str, Any]] = Field(description="param -> {type, description, ...}")
+    required: tuple[str, ...] = ()
+    responses: dict[str, dict[str, Any]] = Field(description="result -> {type, description}")
+
+    def as_button_dict(self) -> dict[str, Any]:
+        """The object that goes into the system prompt's ``{tool_list}``."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters,
+            "required": list(self.required),
+            "responses": self.responses,
+        }
+
+
+class Composition(_Frozen):
+    """A composite task built from one atomic task by a heuristic strategy."""
+
+    strategy: Strategy
+    subtasks: tuple[str, ...] = Field(min_length=2, description="Sub-tasks in execution order.")
+    composite_task: str = Field(min_length=1)
+
+
+class TaskBundle(_Frozen):
+    """Everything bottom-up produces for one item; the input of the simulation."""
+
+    atomic_task: str
+    composition: Composition
+    judge_reasoning: str = ""
+    functions: tuple[tuple[FunctionDef, ...], ...] = Field(
+        description="Function definitions grouped by sub-task (same order as subtasks)."
+    )
+
+    @property
+    def flat_functions(self) -> tuple[FunctionDef, ...]:
+        return tuple(f for group in self.functions for f in group)
+
+
+class Rejection(_Frozen):
+    """Why an item did not make it; ``reason`` is a machine-readable code."""
+
+    stage: str
+    reason: str
+    detail: str = ""
+
+
+class StageUsage(BaseModel):
+    """LLM usage of one stage for one item (mutable counters, summed by the sink)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    calls: int = 0
+    unparseable: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, other: "StageUsage") -> None:
+        self.calls += other.calls
+        self.unparseable += other.unparseable
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
+
+class ToolCall(_Frozen):
+    """One function call of an assistant turn."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+class Turn(_Frozen):
+    """One message of a simulated dialogue (before conversion to the BUTTON format).
+
+    ``assistant`` turns carry ``thought`` and either ``calls`` or ``final``; ``tool``
+    turns carry ``results`` (one per call of the preceding assistant turn, in order).
+    """
+
+    role: Literal["user", "assistant", "tool"]
+    content: str = ""
+    thought: str = ""
+    calls: tuple[ToolCall, ...] = ()
+    final: str | None = None
+    results: tuple[dict[str, Any], ...] = ()
+
+
+class TrajectoryStats(_Frozen):
+    """Shape of an accepted trajectory."""
+
+    assistant_turns: int
+    calls: int
+    calls_per_turn: tuple[int, ...]
+    clarifications: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class WorkItem(BaseModel):
+    """One item as it moves through the pipeline (serialized between Ray stages)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str
+    scenario: Scenario
+    slot: int = Field(ge=0)
+    seed: int
+    outcome: Outcome = "pending"
+    bundle: TaskBundle | None = None
+    parallel: bool | None = None
+    turns: tuple[Turn, ...] = ()
+    stats: TrajectoryStats | None = None
+    messages: tuple[dict[str, str], ...] = ()
+    rejection: Rejection | None = None
+    error: str | None = None
+    usage: dict[str, StageUsage] = Field(default_factory=dict)
+
+    def usage_for(self, stage: str) -> StageUsage:
+        return self.usage.setdefault(stage, StageUsage())
+
+    def reject(self, stage: str, reason: str, detail: str = "") -> "WorkItem":
+        self.outcome = "rejected"
+        self.rejection = Rejection(stage=stage, reason=reason, detail=detail[:2000])
+        return self
+
+    def fail(self, error: str) -> "WorkItem":
+        self.outcome = "failed"
+        self.error = error[:4000]
+        return self
+
+
+# -- storage: the Arrow schemas of the two output tables --------------------------------
+
+MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
+
+LINEAGE_FIELDS = [
+    pa.field("config_fingerprint", pa.string()),
+    pa.field("models", pa.map_(pa.string(), pa.string()), metadata={"doc": "role -> model name"}),
+    pa.field("engine_version", pa.string()),
+    pa.field("template_hashes", pa.map_(pa.string(), pa.string())),
+    pa.field("seed", pa.int64()),
+    pa.field("shard", pa.string()),
+]
+
+ACCEPTED_SCHEMA = pa.schema(
+    [
+        pa.field("record_id", pa.string(), nullable=False),
+        pa.field("messages", pa.list_(MESSAGE_TYPE), nullable=False, metadata={"doc": "BUTTON messages"}),
+        pa.field("scenario_id", pa.string()),
+        pa.field("scenario", pa.string()),
+        pa.field("slot", pa.int32()),
+        pa.field("atomic_task", pa.string()),
+        pa.field("strategy", pa.string()),
+        pa.field("subtasks", pa.list_(pa.string())),
+        pa.field("composite_task", pa.string()),
+        pa.field("functions", pa.string(), metadata={"doc": "JSON: function definitions grouped by sub-task"}),
+        pa.field("parallel", pa.bool_()),
+        pa.field("assistant_turns", pa.int32()),
+        pa.field("calls", pa.int32()),
+        pa.field("calls_per_turn", pa.list_(pa.int32())),
+        pa.field("clarifications", pa.int32()),
+        pa.field("llm_calls", pa.int32()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        *LINEAGE_FIELDS,
+    ]
+)
+
+REJECTED_SCHEMA = pa.schema(
+    [
+        pa.field("record_id", pa.string(), nullable=False),
+        pa.field("outcome", pa.string(), metadata={"doc": "'rejected' or 'failed'"}),
+        pa.field("stage", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("scenario_id", pa.string()),
+        pa.field("scenario", pa.string()),
+        pa.field("slot", pa.int32()),
+        pa.field("llm_calls", pa.int32()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        *LINEAGE_FIELDS,
+    ]
+)
+
+
+def _usage_totals(item: WorkItem) -> tuple[int, int, int]:
+    return (
+        sum(u.calls for u in item.usage.values()),
+        sum(u.prompt_tokens for u in item.usage.values()),
+        sum(u.completion_tokens for u in item.usage.values()),
+    )
+
+
+def item_row(item: WorkItem, lineage: dict[str, Any]) -> dict[str, Any]:
+    """The output row of a finished item (accepted or rejected table, by outcome)."""
+    calls, prompt_tokens, completion_tokens = _usage_totals(item)
+    common = {
+        "record_id": item.item_id,
+        "scenario_id": item.scenario.scenario_id,
+        "scenario": item.scenario.text,
+        "slot": item.slot,
+        "llm_calls": calls,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        **lineage,
+        "models": list(lineage["models"].items()),
+        "template_hashes": list(lineage["template_hashes"].items()),
+        "seed": item.seed,
+    }
+    if item.outcome == "emitted":
+        assert item.bundle is not None and item.stats is not None
+        return {
+            **common,
+            "messages": list(item.messages),
+            "atomic_task": item.bundle.atomic_task,
+            "strategy": item.bundle.composition.strategy,
+            "subtasks": list(item.bundle.composition.subtasks),
+            "composite_task": item.bundle.composition.composite_task,
+            "functions": json.dumps(
+                [[f.as_button_dict() for f in group] for group in item.bundle.functions], ensure_ascii=False
+            ),
+            "parallel": bool(item.parallel),
+            "assistant_turns": item.stats.assistant_turns,
+            "calls": item.stats.calls,
+            "calls_per_turn": list(item.stats.calls_per_turn),
+            "clarifications": item.stats.clarifications,
+        }
+    rejection = item.rejection
+    return {
+        **common,
+        "outcome": item.outcome,
+        "stage": rejection.stage if rejection else None,
+        "reason": rejection.reason if rejection else None,
+        "detail": (rejection.detail if rejection else "") or (item.error or ""),
+    }

@@ -1,0 +1,170 @@
+"""Counting outcomes: per-shard stats, the run funnel, live progress lines.
+
+Every item ends in exactly one outcome, so per stage ``in = out + rejected`` and over
+the run ``items = emitted + rejected + failed``; :func:`funnel` checks both.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from typing import Any, Iterable, TextIO
+
+from button_ray.records import WorkItem
+
+#: Stage order of the method; rejections are reported against these names.
+STAGE_ORDER = (
+    "atomic_task",
+    "composition",
+    "composition_filter",
+    "functions",
+    "user_agent",
+    "assistant_agent",
+    "tool_agent",
+    "simulation",
+    "trajectory_filter",
+)
+
+
+def new_stats() -> dict[str, Any]:
+    return {"items": 0, "emitted": 0, "failed": 0, "rejected": {}, "errors": {}, "usage": {}}
+
+
+def add_item(stats: dict[str, Any], item: WorkItem) -> None:
+    """Count one finished item into ``stats`` (JSON-friendly, mergeable)."""
+    stats["items"] += 1
+    if item.outcome == "emitted":
+        stats["emitted"] += 1
+    elif item.outcome == "rejected" and item.rejection is not None:
+        by_reason = stats["rejected"].setdefault(item.rejection.stage, {})
+        by_reason[item.rejection.reason] = by_reason.get(item.rejection.reason, 0) + 1
+    else:
+        stats["failed"] += 1
+        kind = (item.error or "unknown").split(":", 1)[0]
+        stats["errors"][kind] = stats["errors"].get(kind, 0) + 1
+    for role, u in item.usage.items():
+        acc = stats["usage"].setdefault(role, {"calls": 0, "unparseable": 0, "prompt_tokens": 0,
+                                               "completion_tokens": 0})
+        for k in acc:
+            acc[k] += getattr(u, k)
+
+
+def merge(all_stats: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    total = new_stats()
+    for s in all_stats:
+        total["items"] += s["items"]
+        total["emitted"] += s["emitted"]
+        total["failed"] += s["failed"]
+        for stage, reasons in s["rejected"].items():
+            acc = total["rejected"].setdefault(stage, {})
+            for reason, n in reasons.items():
+                acc[reason] = acc.get(reason, 0) + n
+        for kind, n in s["errors"].items():
+            total["errors"][kind] = total["errors"].get(kind, 0) + n
+        for role, u in s["usage"].items():
+            acc = total["usage"].setdefault(role, {k: 0 for k in u})
+            for k, v in u.items():
+                acc[k] = acc.get(k, 0) + v
+    return total
+
+
+def funnel(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-stage rows: items in, accepted (passed on), rejected by reason."""
+    rows = []
+    remaining = stats["items"] - stats["failed"]
+    stages = list(STAGE_ORDER) + sorted(set(stats["rejected"]) - set(STAGE_ORDER))
+    for stage in stages:
+        reasons = stats["rejected"].get(stage, {})
+        rejected = sum(reasons.values())
+        rows.append({"stage": stage, "in": remaining, "accepted": remaining - rejected,
+                     "rejected": rejected, "reasons": dict(Counter(reasons).most_common())})
+        remaining -= rejected
+    if remaining != stats["emitted"]:
+        raise AssertionError(f"funnel does not add up: {remaining} left after filters, {stats['emitted']} emitted")
+    return rows
+
+
+def totals(stats: dict[str, Any]) -> dict[str, int]:
+    keys = ("calls", "unparseable", "prompt_tokens", "completion_tokens")
+    return {k: sum(u.get(k, 0) for u in stats["usage"].values()) for k in keys}
+
+
+def render(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    """Print the funnel and totals as a table (rich when the output is a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out, width=120)
+    table = Table(title="BUTTON funnel")
+    for col in ("stage", "in", "accepted", "rejected", "top reasons"):
+        table.add_column(col, justify="left" if col in ("stage", "top reasons") else "right")
+    for row in summary["funnel"]:
+        reasons = ", ".join(f"{k}={v}" for k, v in list(row["reasons"].items())[:4])
+        table.add_row(row["stage"], str(row["in"]), str(row["accepted"]), str(row["rejected"]), reasons)
+    console.print(table)
+    t = summary["totals"]
+    share = t["unparseable"] / t["calls"] if t["calls"] else 0.0
+    console.print(
+        f"items {summary['items']}: emitted {summary['emitted']}, rejected {summary['rejected']}, "
+        f"failed {summary['failed']} | LLM calls {t['calls']} (unparseable {share:.1%}), "
+        f"prompt tokens {t['prompt_tokens']}, completion tokens {t['completion_tokens']} | "
+        f"wall {summary['wall_time_s']:.0f}s, {summary['completion_tokens_per_s']:.1f} completion tok/s, "
+        f"{summary['accepted_per_hour']:.0f} accepted/h"
+    )
+
+
+def build_summary(stats: dict[str, Any], wall_time_s: float, attempt_stats: dict[str, Any]) -> dict[str, Any]:
+    """The content of summary.json: whole-run counts plus this attempt's throughput."""
+    t = totals(stats)
+    attempt = totals(attempt_stats)
+    rejected = sum(sum(r.values()) for r in stats["rejected"].values())
+    wall = max(wall_time_s, 1e-9)
+    return {
+        "items": stats["items"],
+        "emitted": stats["emitted"],
+        "rejected": rejected,
+        "failed": stats["failed"],
+        "errors": stats["errors"],
+        "funnel": funnel(stats),
+        "usage_by_role": stats["usage"],
+        "totals": t,
+        "unparseable_share": t["unparseable"] / t["calls"] if t["calls"] else 0.0,
+        "wall_time_s": wall_time_s,
+        "this_attempt": {"items": attempt_stats["items"], **attempt},
+        "completion_tokens_per_s": attempt["completion_tokens"] / wall,
+        "tokens_per_s": (attempt["prompt_tokens"] + attempt["completion_tokens"]) / wall,
+        "accepted_per_hour": attempt_stats["emitted"] / wall * 3600,
+    }
+
+
+class Progress:
+    """One plain log line every ``interval`` seconds: quiet enough for job logs."""
+
+    def __init__(self, total_items: int, interval: float, out: TextIO = sys.stderr) -> None:
+        self.total = total_items
+        self.interval = interval
+        self.out = out
+        self.start = time.monotonic()
+        self._last = 0.0
+        self.stats = new_stats()
+
+    def update(self, item: WorkItem, force: bool = False) -> None:
+        add_item(self.stats, item)
+        self.maybe_print(force)
+
+    def maybe_print(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        s, t = self.stats, totals(self.stats)
+        elapsed = now - self.start
+        rejected = sum(sum(r.values()) for r in s["rejected"].values())
+        print(
+            f"[button-ray {elapsed:6.0f}s] items {s['items']}/{self.total} | emitted {s['emitted']} "
+            f"rejected {rejected} failed {s['failed']} | LLM calls {t['calls']} | "
+            f"{t['completion_tokens'] / max(elapsed, 1e-9):.1f} completion tok/s",
+            file=self.out,
+            flush=True,
+        )

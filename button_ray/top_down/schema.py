@@ -1,0 +1,108 @@
+"""Types of function parameters and results, as generated functions spell them.
+
+Generated definitions use JSON-schema-ish type names and sometimes Python's (``str``,
+``int``, ``list``, ``dict``). Everything here maps them onto six canonical types;
+a type it does not know (``"date"``, a missing type) accepts any value, because the
+filter must not reject a trajectory for a definition the function writer left vague.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from button_ray.records import FunctionDef, ToolCall
+
+_ALIASES = {
+    "string": "string", "str": "string", "text": "string",
+    "number": "number", "float": "number", "double": "number", "decimal": "number",
+    "integer": "integer", "int": "integer", "long": "integer",
+    "boolean": "boolean", "bool": "boolean",
+    "array": "array", "list": "array", "tuple": "array",
+    "object": "object", "dict": "object", "map": "object",
+    "null": "null", "none": "null",
+}  # fmt: skip
+
+
+def canonical_types(spec: dict[str, Any] | Any) -> set[str]:
+    """The canonical types a parameter/result spec allows; empty means "anything"."""
+    raw = spec.get("type") if isinstance(spec, dict) else None
+    names = raw if isinstance(raw, list) else [raw]
+    out = {_ALIASES.get(n.strip().lower()) for n in names if isinstance(n, str)}
+    out.discard(None)
+    # A union with an unknown member cannot be checked, so it allows anything.
+    if len(out) != len(names):
+        return set()
+    return out  # type: ignore[return-value]
+
+
+def value_matches(value: Any, types: set[str]) -> bool:
+    """Whether ``value`` (parsed JSON) has one of ``types`` (empty set: anything)."""
+    if not types:
+        return True
+    is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    checks = {
+        "string": isinstance(value, str),
+        "number": is_num,
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
+        "array": isinstance(value, list),
+        "object": isinstance(value, dict),
+        "null": value is None,
+    }
+    return any(checks[t] for t in types)
+
+
+def call_problem(call: ToolCall, functions: dict[str, FunctionDef]) -> tuple[str, str] | None:
+    """``(reason, detail)`` if ``call`` breaks its function's definition, else None."""
+    fn = functions.get(call.name)
+    if fn is None:
+        return "unknown_function", call.name
+    for name in fn.required:
+        if name not in call.arguments:
+            return "missing_required_argument", f"{call.name}.{name}"
+    for name, value in call.arguments.items():
+        spec = fn.parameters.get(name)
+        if spec is not None and not value_matches(value, canonical_types(spec)):
+            return "wrong_argument_type", f"{call.name}.{name}={json.dumps(value)[:80]}"
+    return None
+
+
+def call_key(call: ToolCall) -> str:
+    """Identity of a call: same name and same arguments (key order ignored)."""
+    return json.dumps([call.name, call.arguments], sort_keys=True, ensure_ascii=False)
+
+
+def _value_schema(spec: Any, max_chars: int) -> dict[str, Any]:
+    types = canonical_types(spec)
+    enum = spec.get("enum") if isinstance(spec, dict) else None
+    if isinstance(enum, list) and enum and all(isinstance(e, (str, int, float, bool)) for e in enum):
+        return {"enum": enum}
+    if len(types) != 1 or types == {"null"}:
+        # Unknown or union types: a short string is always a plausible result.
+        return {"type": "string", "maxLength": max_chars}
+    (t,) = types
+    if t == "string":
+        return {"type": "string", "maxLength": max_chars}
+    if t == "array":
+        items = spec.get("items") if isinstance(spec, dict) else None
+        return {"type": "array", "items": _value_schema(items or {"type": "string"}, max_chars), "maxItems": 5}
+    if t == "object":
+        return {
+            "type": "object",
+            "additionalProperties": {"type": ["string", "number", "boolean"], "maxLength": max_chars},
+            "maxProperties": 6,
+        }
+    return {"type": t}
+
+
+def result_schema(fn: FunctionDef, max_chars: int) -> dict[str, Any]:
+    """JSON schema of a tool result: every declared response key, required, typed and bounded."""
+    if not fn.responses:
+        return _value_schema({"type": "object"}, max_chars)
+    return {
+        "type": "object",
+        "properties": {k: _value_schema(v, max_chars) for k, v in fn.responses.items()},
+        "required": list(fn.responses),
+        "additionalProperties": False,
+    }

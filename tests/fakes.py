@@ -1,0 +1,111 @@
+"""Test doubles for orchestration tests. Not engines: nothing here generates language.
+
+``ScriptedLLM`` is an in-process :class:`LLMClient` whose answers come from a handler
+function (a script). It records every request so tests can assert on what was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from button_ray.llm.contract import LLMRequest, LLMResponse
+
+Handler = Callable[[LLMRequest], "str | LLMResponse"]
+
+
+class ScriptedLLM:
+    """Answers each request with ``handler(request)``; zero latency unless ``delay`` is set."""
+
+    def __init__(self, handler: Handler, delay: float = 0.0) -> None:
+        self.handler = handler
+        self.delay = delay
+        self.requests: list[LLMRequest] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def generate(self, request: LLMRequest) -> LLMResponse:
+        self.requests.append(request)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            else:
+                await asyncio.sleep(0)
+            out = self.handler(request)
+        finally:
+            self.in_flight -= 1
+        if isinstance(out, LLMResponse):
+            return out
+        return LLMResponse(
+            text=out,
+            finish_reason="stop",
+            prompt_tokens=sum(len(m.content) // 4 for m in request.messages),
+            completion_tokens=max(1, len(out) // 4),
+            model="scripted",
+        )
+
+    def by_role(self, role: str) -> list[LLMRequest]:
+        return [r for r in self.requests if r.role == role]
+
+
+class OracleEngine:
+    """A zero-latency engine for orchestration tests and overhead benchmarks.
+
+    It sits behind the real replica actor (``PoolConfig.engine_class =
+    "tests.fakes:OracleEngine"``) and answers every role with a valid, deterministic
+    output from ``tests/oracles``. Faults are scripted through ``engine.extra`` (it
+    travels to the Ray workers with the config, unlike a driver-side monkeypatch):
+
+    - ``latency_s``: sleep per request (simulates engine time);
+    - ``garbage``: answer every request with unparseable text;
+    - ``fail_start``: the engine never starts (constructor-time failure);
+    - ``die_after``: after that many requests in one process, report a dead engine.
+    """
+
+    def __init__(self, pool) -> None:  # noqa: ANN001 - PoolConfig, imported lazily
+        self.extra = dict(pool.engine.extra)
+        self.requests = 0
+
+    @property
+    def model_name(self) -> str:
+        return "oracle-engine"
+
+    @property
+    def engine_version(self) -> str:
+        return "oracle-0"
+
+    async def start(self) -> None:
+        if self.extra.get("fail_start"):
+            raise RuntimeError("scripted start failure: model weights not found")
+
+    async def generate(self, request: LLMRequest) -> LLMResponse:
+        from button_ray.llm.contract import ReplicaFatalError
+        from tests.oracles import bottom_up, top_down
+
+        self.requests += 1
+        die_after = self.extra.get("die_after")
+        if die_after is not None and self.requests > die_after:
+            raise ReplicaFatalError("scripted engine death")
+        latency = float(self.extra.get("latency_s", 0.0))
+        await asyncio.sleep(latency)
+        if self.extra.get("garbage"):
+            text = "I am not sure what you mean."
+        else:
+            text = bottom_up.respond(request) or top_down.respond(request)
+            if text is None:
+                raise AssertionError(f"no oracle answers role {request.role}")
+        return LLMResponse(
+            text=text,
+            finish_reason="stop",
+            prompt_tokens=sum(len(m.content) // 4 for m in request.messages),
+            completion_tokens=max(1, len(text) // 4),
+            model=self.model_name,
+        )
+
+    def metrics(self) -> dict:
+        return {"requests": self.requests}
+
+    async def shutdown(self) -> None:
+        return None
