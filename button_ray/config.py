@@ -76,10 +76,18 @@ class MethodConfig(_Config):
         400, ge=16, le=8000, description="Bound on free thought before <call>/<final> in the grammar."
     )
     message_max_chars: int = Field(
-        600, ge=16, le=16000, description="Bound on a user-agent message and on a final answer in the grammar."
+        600,
+        ge=16,
+        le=16000,
+        description="Bound on a user-agent message and on a final answer in the grammar "
+        "(enforced as a word count, chars/6).",
     )
     value_max_chars: int = Field(
-        64, ge=4, le=4000, description="Bound on a string value in constrained call arguments and tool results."
+        64,
+        ge=4,
+        le=4000,
+        description="Bound on a string value in constrained call arguments and tool results "
+        "(enforced as a word count, chars/6).",
     )
     max_calls_per_turn: int = Field(
         3, ge=1, le=16, description="Most calls one assistant turn may hold when parallel calling is on."

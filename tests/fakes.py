@@ -67,6 +67,7 @@ class OracleEngine:
     def __init__(self, pool) -> None:  # noqa: ANN001 - PoolConfig, imported lazily
         self.extra = dict(pool.engine.extra)
         self.requests = 0
+        self.affinity_keys: set[str] = set()
 
     @property
     def model_name(self) -> str:
@@ -82,20 +83,16 @@ class OracleEngine:
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         from button_ray.llm.contract import ReplicaFatalError
-        from tests.oracles import bottom_up, top_down
 
         self.requests += 1
+        if request.affinity_key:
+            self.affinity_keys.add(request.affinity_key)
         die_after = self.extra.get("die_after")
         if die_after is not None and self.requests > die_after:
             raise ReplicaFatalError("scripted engine death")
         latency = float(self.extra.get("latency_s", 0.0))
         await asyncio.sleep(latency)
-        if self.extra.get("garbage"):
-            text = "I am not sure what you mean."
-        else:
-            text = bottom_up.respond(request) or top_down.respond(request)
-            if text is None:
-                raise AssertionError(f"no oracle answers role {request.role}")
+        text = self._answer(request)
         return LLMResponse(
             text=text,
             finish_reason="stop",
@@ -104,8 +101,25 @@ class OracleEngine:
             model=self.model_name,
         )
 
+    def _answer(self, request: LLMRequest) -> str:
+        from tests.oracles import bottom_up, top_down
+
+        if self.extra.get("garbage"):
+            return "I am not sure what you mean."
+        text = bottom_up.respond(request) or top_down.respond(request)
+        if text is None:
+            raise AssertionError(f"no oracle answers role {request.role}")
+        return text
+
     def metrics(self) -> dict:
-        return {"requests": self.requests}
+        return {"requests": self.requests, "affinity_keys": sorted(self.affinity_keys)}
 
     async def shutdown(self) -> None:
         return None
+
+
+class EchoEngine(OracleEngine):
+    """Answers every request with its request id: for routing and failover tests."""
+
+    def _answer(self, request: LLMRequest) -> str:
+        return request.request_id

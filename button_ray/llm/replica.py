@@ -55,7 +55,6 @@ class LLMReplica:
             "model": self.engine.model_name,
             "engine_version": self.engine.engine_version,
             "pid": os.getpid(),
-            "restarts": ray.get_runtime_context().was_current_actor_reconstructed,
         }
 
     async def generate(self, request: LLMRequest) -> LLMResponse:

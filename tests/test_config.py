@@ -1,0 +1,53 @@
+import pytest
+from pydantic import ValidationError
+
+from button_ray.config import ConfigError, PoolConfig, RunConfig, load_config
+
+
+def test_defaults_valid_and_fingerprint_stable():
+    a, b = RunConfig(), RunConfig()
+    assert a.fingerprint() == b.fingerprint()
+    assert len(a.fingerprint()) == 16
+
+
+def test_fingerprint_ignores_runtime_and_output_but_not_method():
+    base = RunConfig()
+    same = load_config(None, ["runtime.simulation_actors=4", "output.uri=/tmp/x", "scenarios.limit=3"])
+    assert same.fingerprint() == base.fingerprint()
+    changed = load_config(None, ["method.parallel_ratio=0.9"])
+    assert changed.fingerprint() != base.fingerprint()
+    assert RunConfig(seed=1).fingerprint() != base.fingerprint()
+
+
+def test_fingerprint_covers_templates():
+    base = RunConfig()
+    assert base.fingerprint({"a.j2": "1"}) != base.fingerprint({"a.j2": "2"})
+
+
+def test_field_errors_name_the_field():
+    with pytest.raises(ValidationError) as exc:
+        load_config(None, ["method.max_assistant_turns=0"])
+    assert exc.value.errors()[0]["loc"] == ("method", "max_assistant_turns")
+    with pytest.raises(ValidationError) as exc:
+        load_config(None, ["method.no_such_field=1"])
+    assert "no_such_field" in str(exc.value)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError):
+        load_config(None, ["method.parallel_ratio"])
+
+
+def test_every_role_served_exactly_once():
+    with pytest.raises(ValidationError, match="no pool serves"):
+        RunConfig(pools=(PoolConfig(roles=("assistant_agent",)),))
+    with pytest.raises(ValidationError, match="served by pools"):
+        RunConfig(pools=(PoolConfig(name="a"), PoolConfig(name="b")))
+
+
+def test_shipped_configs_load():
+    import pathlib
+
+    for path in sorted(pathlib.Path("configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.pools, path
