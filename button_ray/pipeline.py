@@ -214,12 +214,16 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
         rows = make_items(fingerprint, cfg.seed, pending, {s.scenario_id: s for s in scenarios}, slots)
         _stream(cfg, pools, rows, sink, progress)
         progress.maybe_print(force=True)
+        replica_metrics = {name: ray.get([h.metrics.remote() for h in handles])
+                           for name, (_, handles) in pools.items()}
+    else:
+        replica_metrics = {}
 
     sink.write_manifest()
     whole = summ.merge(m["stats"] for m in sink.markers.values())
     result = summ.build_summary(whole, time.monotonic() - started, progress.stats)
     result.update({"fingerprint": fingerprint, "output": cfg.output.uri,
-                   "shards": len(sink.markers), "resumed": resuming})
+                   "shards": len(sink.markers), "resumed": resuming, "replicas": replica_metrics})
     store.write_json("summary.json", result)
     if len(sink.markers) == len(plans):
         store.write_json("_SUCCESS", {"fingerprint": fingerprint, "shards": len(plans)})

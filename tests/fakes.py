@@ -68,6 +68,8 @@ class OracleEngine:
         self.extra = dict(pool.engine.extra)
         self.requests = 0
         self.affinity_keys: set[str] = set()
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     @property
     def model_name(self) -> str:
@@ -90,8 +92,12 @@ class OracleEngine:
         die_after = self.extra.get("die_after")
         if die_after is not None and self.requests > die_after:
             raise ReplicaFatalError("scripted engine death")
-        latency = float(self.extra.get("latency_s", 0.0))
-        await asyncio.sleep(latency)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(float(self.extra.get("latency_s", 0.0)))
+        finally:
+            self.in_flight -= 1
         text = self._answer(request)
         return LLMResponse(
             text=text,
@@ -112,7 +118,8 @@ class OracleEngine:
         return text
 
     def metrics(self) -> dict:
-        return {"requests": self.requests, "affinity_keys": sorted(self.affinity_keys)}
+        return {"requests": self.requests, "affinity_keys": sorted(self.affinity_keys),
+                "max_in_flight": self.max_in_flight}
 
     async def shutdown(self) -> None:
         return None

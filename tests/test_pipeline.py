@@ -101,3 +101,14 @@ def test_engine_that_cannot_start_stops_the_job_with_the_cause(ray_local, tmp_pa
     with pytest.raises(EngineStartError, match="model weights not found"):
         run_generate(_cfg(tmp_path / "run", n=2, fail_start=True))
     assert not OutputStore(str(tmp_path / "run")).committed()
+
+
+def test_items_stream_without_lockstep(ray_local, tmp_path):
+    """With one actor per stage, the engine sees many items at once (not one batch's worth)."""
+    cfg = _cfg(tmp_path / "run", n=40, latency_s=0.2)
+    cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"items_in_flight_per_actor": 64})})
+    result = run_generate(cfg)
+    assert result["items"] == 80
+    peak = result["replicas"]["main"][0]["max_in_flight"]
+    # 80 items across two stages; lockstep batches of 1-4 rows would cap this at 8.
+    assert peak >= 40, f"engine saw at most {peak} concurrent requests"
