@@ -96,6 +96,11 @@ class MethodConfig(_Config):
     atomic_task_max_words: int = Field(
         30, ge=5, le=200, description="Longest atomic task accepted (BUTTON: <= 30 words); longer is retried."
     )
+    reject_prompt_copies: bool = Field(
+        True,
+        description="Retry bottom-up outputs copied from their prompt (worked examples, placeholders, the "
+        "input handed back). Off only for smoke runs with a tiny model that can do little else.",
+    )
     min_calls: int = Field(2, ge=1, description="Trajectory filter: minimum total function calls.")
     min_assistant_turns: int = Field(2, ge=1, description="Trajectory filter: minimum assistant turns.")
     sampling: StageSampling = StageSampling()

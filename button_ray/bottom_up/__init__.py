@@ -11,7 +11,7 @@ and failing the item.
 from __future__ import annotations
 
 from button_ray.bottom_up.atomic import write_atomic_task
-from button_ray.bottom_up.compose import choose_strategy, compose
+from button_ray.bottom_up.compose import choose_strategy, write_composition
 from button_ray.bottom_up.functions import generate_functions
 from button_ray.bottom_up.judge import judge_composition
 from button_ray.config import MethodConfig
@@ -34,7 +34,7 @@ async def build_bundle(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> Wor
     atomic_task = await write_atomic_task(item, llm, cfg)
     if atomic_task is None:
         return item
-    composition = await compose(item, atomic_task, llm, cfg)
+    composition = await write_composition(item, atomic_task, llm, cfg)
     if composition is None:
         return item
     reasoning = await judge_composition(item, composition, llm, cfg)

@@ -1,15 +1,16 @@
 """Stage 2 of BUTTON: an atomic task for the item's scenario.
 
 An atomic task is solvable in one step, self-contained, mentions no tools and has at
-most ``cfg.atomic_task_max_words`` words. A longer task parses fine but breaks the
-rule, so it is retried with a new seed (``malformed=False``).
+most ``cfg.atomic_task_max_words`` words. A longer task, or one copied from the prompt's
+examples, parses fine but breaks a rule, so it is retried with a new seed
+(``malformed=False``).
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from button_ray.bottom_up.common import clean_text, parse_json_as, run_item_step, word_count
+from button_ray.bottom_up.common import clean_text, copied_from_prompt, parse_json_as, run_item_step, word_count
 from button_ray.config import MethodConfig
 from button_ray.llm.contract import LLMClient, LLMResponse
 from button_ray.prompts import render
@@ -45,25 +46,24 @@ def prompt(scenario: str, cfg: MethodConfig) -> str:
     return render("atomic_task.j2", scenario=scenario, max_words=cfg.atomic_task_max_words)
 
 
-def parse(response: LLMResponse, max_words: int) -> str:
-    """The task text; ``empty_output``/``bad_json``/``schema_mismatch``/``too_long`` otherwise."""
+def parse(response: LLMResponse, max_words: int, prompt_text: str | None) -> str:
+    """The task text; ``empty_output``/``bad_json``/``schema_mismatch``/``too_long``/
+    ``copied_from_prompt`` (checked only when ``prompt_text`` is given) otherwise."""
     task = clean_text(parse_json_as(AtomicTaskOutput, response.text).task)
     if not task:
         raise ParseError("schema_mismatch", "task is blank")
     words = word_count(task)
     if words > max_words:
         raise ParseError("too_long", f"{words} words > {max_words}: {task[:200]}", malformed=False)
+    if prompt_text is not None and copied_from_prompt(task, prompt_text):
+        raise ParseError("copied_from_prompt", task[:200], malformed=False)
     return task
 
 
 async def write_atomic_task(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> str | None:
     """The atomic task for ``item.scenario``, or None with the item rejected."""
+    text = prompt(item.scenario.text, cfg)
+    copy_check = text if cfg.reject_prompt_copies else None
     return await run_item_step(
-        item,
-        STAGE,
-        prompt(item.scenario.text, cfg),
-        schema(),
-        lambda r: parse(r, cfg.atomic_task_max_words),
-        llm,
-        cfg,
+        item, STAGE, text, schema(), lambda r: parse(r, cfg.atomic_task_max_words, copy_check), llm, cfg
     )

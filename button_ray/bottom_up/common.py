@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -74,6 +75,40 @@ def clean_text(text: str) -> str:
     return " ".join(text.split())
 
 
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_PLACEHOLDER = re.compile(r"<[^<>\n]{1,60}>")
+_QUOTED = re.compile(r'"((?:[^"\\\n]|\\.)+)"')
+_LINE_LABEL = re.compile(r"^(?:\d+\.|[A-Za-z][A-Za-z -]{0,30}:)\s*")
+
+
+def normalize(text: str) -> str:
+    """Lowercase, punctuation-free, whitespace-collapsed text (for equality checks)."""
+    return " ".join(text.lower().translate(_PUNCTUATION).split())
+
+
+def _prompt_units(prompt: str) -> set[str]:
+    # What a model can lift whole from a prompt: quoted strings (the worked examples'
+    # values) and lines, with or without a label ("First task: ...", "2. ...").
+    units = set(_QUOTED.findall(prompt))
+    for line in prompt.splitlines():
+        units.add(line)
+        units.add(_LINE_LABEL.sub("", line))
+    return {normalize(u) for u in units} - {""}
+
+
+def copied_from_prompt(text: str, prompt: str) -> bool:
+    """Whether ``text`` was lifted from ``prompt``: it holds one of the prompt's
+    placeholders (``<subsequent task>``) or equals a quoted string or a line of it (a
+    worked example, or the input handed back instead of new content).
+
+    Equality, not containment: a new sub-task may well share words with the old ones.
+    Small models copy a lot, and a copy parses fine, so it needs its own check.
+    """
+    if any(p in prompt for p in _PLACEHOLDER.findall(text)):
+        return True
+    return normalize(text) in _prompt_units(prompt)
+
+
 def make_request(
     role: Role,
     prompt: str,
@@ -111,8 +146,9 @@ async def run_item_step(
     item id is the affinity key, so all of an item's calls share a replica.
     """
     request = make_request(stage, prompt, schema, f"{item.item_id}/{stage}", cfg, affinity_key=item.item_id)
-    result: StepResult[T] = await run_step(llm, lambda _attempt: request, parse, item.usage_for(stage), cfg.retries)
+    usage = item.usage_for(stage)
+    result: StepResult[T] = await run_step(llm, lambda _attempt: request, parse, usage, cfg.retries)
     if not result.ok:
-        item.reject(stage, result.reason or "unknown", result.detail)
+        item.reject(stage, str(result.reason), result.detail)
         return None
     return result.value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from button_ray.bottom_up.common import clean_text, parse_json_as, run_item_step
+from button_ray.bottom_up.common import clean_text, copied_from_prompt, normalize, parse_json_as, run_item_step
 from button_ray.config import MethodConfig
 from button_ray.llm.contract import LLMClient, LLMResponse
 from button_ray.prompts import render
@@ -72,11 +72,16 @@ def prompt(strategy: Strategy, atomic_task: str) -> str:
     return render(f"composition_{strategy}.j2", task=atomic_task)
 
 
-def parse(response: LLMResponse, strategy: Strategy, atomic_task: str) -> Composition:
+def parse(
+    response: LLMResponse, strategy: Strategy, atomic_task: str, prompt_text: str | None
+) -> Composition:
     """A :class:`Composition` whose first sub-task is ``atomic_task`` verbatim.
 
     The model restates the first task; its restatement is replaced by the original so
-    a paraphrase cannot drift from the task that was written and checked.
+    a paraphrase cannot drift from the task that was written and checked. New sub-tasks
+    and the composite task must be new text: not copied from the prompt (its examples,
+    its placeholders, the first task itself; checked only when ``prompt_text`` is
+    given) and not repeating each other.
     """
     out = parse_json_as(CompositionOutput, response.text)
     subtasks = [clean_text(s) for s in out.subtasks]
@@ -90,18 +95,21 @@ def parse(response: LLMResponse, strategy: Strategy, atomic_task: str) -> Compos
     composite = clean_text(out.composite_task)
     if not composite:
         raise ParseError("schema_mismatch", "composite_task is blank")
+    copied = [t for t in (*subtasks[1:], composite) if prompt_text and copied_from_prompt(t, prompt_text)]
+    if copied:
+        raise ParseError("copied_from_prompt", copied[0][:200], malformed=False)
+    if len({normalize(t) for t in subtasks[1:]}) < len(subtasks) - 1:
+        raise ParseError("duplicate_subtask", " | ".join(subtasks)[:300], malformed=False)
     return Composition(strategy=strategy, subtasks=(atomic_task, *subtasks[1:]), composite_task=composite)
 
 
-async def compose(item: WorkItem, atomic_task: str, llm: LLMClient, cfg: MethodConfig) -> Composition | None:
+async def write_composition(
+    item: WorkItem, atomic_task: str, llm: LLMClient, cfg: MethodConfig
+) -> Composition | None:
     """The item's composition, or None with the item rejected."""
     strategy = choose_strategy(item.item_id, cfg.strategy_mix)
+    text = prompt(strategy, atomic_task)
+    copy_check = text if cfg.reject_prompt_copies else None
     return await run_item_step(
-        item,
-        STAGE,
-        prompt(strategy, atomic_task),
-        schema(strategy),
-        lambda r: parse(r, strategy, atomic_task),
-        llm,
-        cfg,
+        item, STAGE, text, schema(strategy), lambda r: parse(r, strategy, atomic_task, copy_check), llm, cfg
     )

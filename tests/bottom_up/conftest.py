@@ -1,0 +1,59 @@
+"""Shared fixtures for the bottom-up tests: a config, items, and scripted handlers."""
+
+from __future__ import annotations
+
+import os
+
+# The embedded MiniLM model must load without the Hugging Face Hub; set before
+# sentence-transformers (and huggingface_hub) are imported by any test.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from collections import defaultdict  # noqa: E402
+from typing import Callable, Iterable  # noqa: E402
+
+import pytest  # noqa: E402
+
+from button_ray.config import MethodConfig  # noqa: E402
+from button_ray.llm.contract import LLMRequest, LLMResponse  # noqa: E402
+from button_ray.records import Scenario, WorkItem, derive_seed  # noqa: E402
+from tests.oracles.bottom_up import respond  # noqa: E402
+
+
+def make_item(item_id: str = "run0/s1/0", scenario: str = "tracking a parcel") -> WorkItem:
+    """A fresh pending item."""
+    return WorkItem(
+        item_id=item_id,
+        scenario=Scenario(scenario_id="s1", text=scenario),
+        slot=0,
+        seed=derive_seed(item_id),
+    )
+
+
+def truncated(text: str = '{"task": "Find the deliv') -> LLMResponse:
+    """A response cut at max_tokens."""
+    return LLMResponse(text=text, finish_reason="length", prompt_tokens=10, completion_tokens=160)
+
+
+def scripted(overrides: dict[str, Iterable[str | LLMResponse]] | None = None) -> Callable:
+    """A handler answering each role from its scripted outputs, in order, then from the oracle."""
+    queues: dict[str, list] = defaultdict(list, {k: list(v) for k, v in (overrides or {}).items()})
+
+    def handler(request: LLMRequest) -> str | LLMResponse:
+        queue = queues[request.role]
+        if queue:
+            return queue.pop(0)
+        out = respond(request)
+        assert out is not None, f"no scripted answer for role {request.role}"
+        return out
+
+    return handler
+
+
+@pytest.fixture
+def cfg() -> MethodConfig:
+    return MethodConfig()
+
+
+@pytest.fixture
+def item() -> WorkItem:
+    return make_item()
