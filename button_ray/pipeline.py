@@ -26,7 +26,7 @@ import ray
 from button_ray import summary as summ
 from button_ray.config import MethodConfig, PoolConfig, RunConfig
 from button_ray.inputs import check_input, read_scenarios
-from button_ray.llm.pool import PoolClient
+from button_ray.llm.pool import LLMUnavailableError, PoolClient
 from button_ray.llm.replica import start_replicas
 from button_ray.prompts import template_hashes
 from button_ray.records import (
@@ -76,9 +76,11 @@ class ItemStage:
             return raw
         try:
             item = await self.fn(item, self.llm, self.method)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, LLMUnavailableError):
+            # Not the record's fault: committing it as "failed" would lose it for good.
+            # The job stops instead; uncommitted shards are redone on resume.
             raise
-        except Exception as exc:  # noqa: BLE001 - any error fails this item, never the job
+        except Exception as exc:  # noqa: BLE001 - any other error fails this item, never the job
             log.exception("item %s failed in %s", item.item_id, self.stage)
             item.fail(f"{type(exc).__name__}: {exc}")
         return item.model_dump_json()
