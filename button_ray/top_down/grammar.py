@@ -1,15 +1,26 @@
-"""The GBNF grammar (xgrammar dialect, as vLLM structured outputs take it) of an assistant turn.
+"""GBNF grammars (xgrammar dialect, as vLLM structured outputs take them) for the agents.
 
-Shape: bounded free thought (no ``<``, so it cannot open a tag; string values exclude
-it too, so no value can close one), then either
-``<call>[...]</call>`` or ``<final>...</final>``. A call is
-``{"name": "<one of the trajectory's functions>", "arguments": {...}}`` and the
-arguments follow that function's parameters: required keys first in declaration
-order, then optional keys (each optional, order kept), values typed and bounded.
-The grammar emits exactly the stable serialization of ``button_format.dump_json``
-(``", "`` and ``": "`` separators), so a constrained turn is already canonical.
+Assistant turn: bounded free thought, then either ``<call>[...]</call>`` or
+``<final>...</final>``. A call is ``{"name": "<one of the trajectory's functions>",
+"arguments": {...}}`` and the arguments follow that function's parameters: required
+keys first in declaration order, then optional keys (each optional, order kept),
+values typed and bounded. Tool result: the JSON object of the function's
+``responses``, every key present in order, values typed and bounded. User message:
+bounded prose. The JSON emitted is exactly the stable serialization of
+``button_format.dump_json`` (``", "`` and ``": "`` separators), so constrained output
+is already canonical. No free text may contain ``<``, so none can open or close a tag.
 
-One grammar per trajectory, identical on every turn, so the engine compiles it once.
+Bounds, and why they look like this: text is a bounded number of words (see
+:func:`schema.word_bound`), each word a bounded run of visible characters. Both
+bounds matter. Without a word-length bound a 135M model, out of words, glues
+characters together until ``max_tokens`` (seen on SmolLM2-135M: 80% truncated turns).
+A plain character bound (``[^<]{1,400}``) compiles slowly, because xgrammar builds a
+token mask per position: measured ~1 s per grammar on the SmolLM2 vocabulary, and a
+JSON schema ``maxLength`` the same, against ~0.04 s for bounded words. That is why the
+tool result is a grammar rather than a JSON schema.
+
+One assistant grammar per trajectory, identical on every turn, so the engine compiles
+it once.
 """
 
 from __future__ import annotations
@@ -18,10 +29,29 @@ from typing import Any, Sequence
 
 from button_ray.button_format import dump_json
 from button_ray.records import FunctionDef
-from button_ray.top_down.schema import canonical_types
+from button_ray.top_down.schema import canonical_types, word_bound
 
+#: Longest word of prose (thought, final answer, user message), in characters.
+PROSE_WORD_CHARS = 16
+#: Longest space-free run inside a JSON string value (dates, e-mail addresses, ids).
+VALUE_WORD_CHARS = 24
 _MAX_LIST_ITEMS = 4
 _MAX_OBJECT_KEYS = 4
+_MAX_DEPTH = 2
+
+_PROSE_RULES = rf"""
+word ::= [^<\x00-\x20]{{1,{PROSE_WORD_CHARS}}}
+sep ::= " " | "\n" | "\n\n"
+"""
+_JSON_RULES = rf"""
+jstr ::= "\"" (vword (" " vword){{0,%(v)d}})? "\""
+vword ::= [^"\\<\x00-\x20]{{1,{VALUE_WORD_CHARS}}}
+jint ::= "-"? ("0" | [1-9] [0-9]{{0,11}})
+jnum ::= jint ("." [0-9]{{1,6}})?
+jbool ::= "true" | "false"
+jscalar ::= jstr | jnum | jbool
+jobj ::= "{{" (jstr ": " jscalar (", " jstr ": " jscalar){{0,{_MAX_OBJECT_KEYS - 1}}})? "}}"
+"""
 
 
 def gbnf_literal(text: str) -> str:
@@ -36,18 +66,17 @@ def _json_literal(value: Any) -> str:
     return gbnf_literal(dump_json(value))
 
 
-_BASE_RULES = r"""
-jstr ::= "\"" [^"\\<\x00-\x1f]{0,%(v)d} "\""
-jint ::= "-"? ("0" | [1-9] [0-9]{0,11})
-jnum ::= jint ("." [0-9]{1,6})?
-jbool ::= "true" | "false"
-jscalar ::= jstr | jnum | jbool
-jobj ::= "{" (jstr ": " jscalar (", " jstr ": " jscalar){0,%(k)d})? "}"
-"""
+def _prose(max_chars: int) -> str:
+    """At most ``word_bound(max_chars) + 1`` words; the last separator may precede a tag."""
+    return f"word (sep word){{0,{word_bound(max_chars)}}} sep?"
 
 
-def _value_rule(spec: Any) -> str:
-    """The grammar expression of one parameter value."""
+def _json_rules(value_max_chars: int) -> str:
+    return (_JSON_RULES % {"v": word_bound(value_max_chars) - 1}).strip()
+
+
+def _value_expr(spec: Any, depth: int = 0) -> str:
+    """The grammar expression of one JSON value described by a parameter/result ``spec``."""
     enum = spec.get("enum") if isinstance(spec, dict) else None
     if isinstance(enum, list) and enum and all(isinstance(e, (str, int, float, bool)) for e in enum):
         return "(" + " | ".join(_json_literal(e) for e in enum) + ")"
@@ -57,19 +86,27 @@ def _value_rule(spec: Any) -> str:
     (t,) = types
     if t == "array":
         items = spec.get("items") if isinstance(spec, dict) else None
-        inner = _value_rule(items) if isinstance(items, dict) and items else "jscalar"
-        if inner in ("jlist", "jobj"):
-            inner = "jscalar"  # nested containers are rare and would make the grammar recursive
+        inner = _value_expr(items, depth + 1) if isinstance(items, dict) and depth < _MAX_DEPTH else "jscalar"
         return f'("[" ({inner} (", " {inner}){{0,{_MAX_LIST_ITEMS - 1}}})? "]")'
-    return {"string": "jstr", "number": "jnum", "integer": "jint", "boolean": "jbool",
-            "object": "jobj", "null": '"null"'}[t]  # fmt: skip
+    if t == "object":
+        props = spec.get("properties") if isinstance(spec, dict) else None
+        if isinstance(props, dict) and props and depth < _MAX_DEPTH:
+            return _object_expr(props, depth + 1)
+        return "jobj"
+    return {"string": "jstr", "number": "jnum", "integer": "jint", "boolean": "jbool", "null": '"null"'}[t]
+
+
+def _object_expr(props: dict[str, Any], depth: int) -> str:
+    """An object holding every key of ``props``, in order."""
+    pairs = [f'{_json_literal(k)} ": " {_value_expr(v, depth)}' for k, v in props.items()]
+    return '("{" ' + ' ", " '.join(pairs) + ' "}")'
 
 
 def _arguments_expr(fn: FunctionDef) -> str:
     """The arguments object of ``fn``: required keys in order, then optional keys."""
 
     def pair(name: str) -> str:
-        return f"{_json_literal(name)} \": \" {_value_rule(fn.parameters.get(name, {}))}"
+        return f'{_json_literal(name)} ": " {_value_expr(fn.parameters.get(name, {}))}'
 
     required = [p for p in fn.required if p in fn.parameters]
     optional = [p for p in fn.parameters if p not in required]
@@ -95,19 +132,32 @@ def assistant_grammar(
     value_max_chars: int,
     max_calls_per_turn: int,
 ) -> str:
-    """The GBNF grammar of one assistant turn for this trajectory (see the module docstring)."""
+    """The grammar of one assistant turn for this trajectory (see the module docstring)."""
     extra_calls = max(0, max_calls_per_turn - 1) if parallel else 0
     lines = [
         "root ::= thought (callblock | finalblock)",
-        f"thought ::= [^<]{{1,{thought_max_chars}}}",
+        f"thought ::= {_prose(thought_max_chars)}",
         f'callblock ::= "<call>[" call (", " call){{0,{extra_calls}}} "]</call>"'
         if extra_calls
         else 'callblock ::= "<call>[" call "]</call>"',
-        f'finalblock ::= "<final>" [^<]{{1,{final_max_chars}}} "</final>"',
+        f'finalblock ::= "<final>" {_prose(final_max_chars)} "</final>"',
         "call ::= " + " | ".join(f"fn{i}" for i in range(len(functions))),
     ]
     for i, fn in enumerate(functions):
         head = gbnf_literal(f'{{"name": {dump_json(fn.name)}, "arguments": ')
         lines.append(f'fn{i} ::= {head} {_arguments_expr(fn)} "}}"')
-    base = _BASE_RULES % {"v": value_max_chars, "n": _MAX_LIST_ITEMS - 1, "k": _MAX_OBJECT_KEYS - 1}
-    return "\n".join(lines) + "\n" + base.strip() + "\n"
+    return "\n".join(lines + [_PROSE_RULES.strip(), _json_rules(value_max_chars)]) + "\n"
+
+
+def user_message_grammar(max_chars: int) -> str:
+    """The grammar of a user-agent message: bounded prose, no tags."""
+    return f"root ::= word (sep word){{0,{word_bound(max_chars)}}}\n{_PROSE_RULES.strip()}\n"
+
+
+def tool_result_grammar(fn: FunctionDef, value_max_chars: int) -> str:
+    """The grammar of ``fn``'s result: every declared response key, in order, typed and bounded.
+
+    A function that declares no responses may return any small flat object.
+    """
+    root = _object_expr(fn.responses, 1) if fn.responses else "jobj"
+    return f"root ::= {root}\n{_json_rules(value_max_chars)}\n"

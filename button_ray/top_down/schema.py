@@ -68,41 +68,19 @@ def call_problem(call: ToolCall, functions: dict[str, FunctionDef]) -> tuple[str
     return None
 
 
+#: Average characters per English word plus its separating space.
+_CHARS_PER_WORD = 6
+
+
+def word_bound(max_chars: int) -> int:
+    """The word count that stands for a ``max_chars`` bound in constraints (at least 1).
+
+    Constraints bound words rather than characters because the engine compiles long
+    bounded character repetitions slowly (see ``top_down.grammar``).
+    """
+    return max(1, max_chars // _CHARS_PER_WORD)
+
+
 def call_key(call: ToolCall) -> str:
     """Identity of a call: same name and same arguments (key order ignored)."""
     return json.dumps([call.name, call.arguments], sort_keys=True, ensure_ascii=False)
-
-
-def _value_schema(spec: Any, max_chars: int) -> dict[str, Any]:
-    types = canonical_types(spec)
-    enum = spec.get("enum") if isinstance(spec, dict) else None
-    if isinstance(enum, list) and enum and all(isinstance(e, (str, int, float, bool)) for e in enum):
-        return {"enum": enum}
-    if len(types) != 1 or types == {"null"}:
-        # Unknown or union types: a short string is always a plausible result.
-        return {"type": "string", "maxLength": max_chars}
-    (t,) = types
-    if t == "string":
-        return {"type": "string", "maxLength": max_chars}
-    if t == "array":
-        items = spec.get("items") if isinstance(spec, dict) else None
-        return {"type": "array", "items": _value_schema(items or {"type": "string"}, max_chars), "maxItems": 5}
-    if t == "object":
-        return {
-            "type": "object",
-            "additionalProperties": {"type": ["string", "number", "boolean"], "maxLength": max_chars},
-            "maxProperties": 6,
-        }
-    return {"type": t}
-
-
-def result_schema(fn: FunctionDef, max_chars: int) -> dict[str, Any]:
-    """JSON schema of a tool result: every declared response key, required, typed and bounded."""
-    if not fn.responses:
-        return _value_schema({"type": "object"}, max_chars)
-    return {
-        "type": "object",
-        "properties": {k: _value_schema(v, max_chars) for k, v in fn.responses.items()},
-        "required": list(fn.responses),
-        "additionalProperties": False,
-    }

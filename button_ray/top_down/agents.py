@@ -1,0 +1,260 @@
+"""The three simulated agents of BUTTON's top-down phase: request building and parsing.
+
+Each agent is a pair ``*_request`` (build an :class:`LLMRequest`) and ``parse_*``
+(turn the response into a value or raise :class:`ParseError`), run by
+:func:`button_ray.steps.run_step`. Parsers are defensive: constraints keep a
+constrained engine's output well-formed, but an engine may ignore them.
+
+Chat histories are built by appending only (earlier messages are never rewritten), so
+consecutive requests of one trajectory share a prefix for the engine's prefix cache.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from button_ray.button_format import (
+    CALL_CLOSE,
+    CALL_OPEN,
+    FINAL_CLOSE,
+    FINAL_OPEN,
+    dump_json,
+    render_system_prompt,
+)
+from button_ray.config import MethodConfig
+from button_ray.llm.contract import ChatMessage, LLMRequest, OutputConstraint, Role
+from button_ray.prompts import render
+from button_ray.records import FunctionDef, TaskBundle, ToolCall, Turn
+from button_ray.steps import ParseError
+from button_ray.top_down.grammar import assistant_grammar, tool_result_grammar, user_message_grammar
+from button_ray.top_down.schema import call_problem
+
+USER_TEMPLATE = "user_agent.j2"
+ASSISTANT_TEMPLATE = "assistant_agent.j2"
+TOOL_TEMPLATE = "tool_agent.j2"
+_TAGS = (CALL_OPEN, CALL_CLOSE, FINAL_OPEN, FINAL_CLOSE)
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; Python's json accepts them unless told otherwise.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def strict_json_loads(text: str) -> Any:
+    """``json.loads`` that refuses ``NaN``/``Infinity``."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+@dataclass
+class TrajectoryContext:
+    """Everything about one trajectory that stays fixed while it is simulated."""
+
+    item_id: str
+    bundle: TaskBundle
+    parallel: bool
+    cfg: MethodConfig
+    functions: tuple[FunctionDef, ...] = field(init=False)
+    by_name: dict[str, FunctionDef] = field(init=False)
+    assistant_system: str = field(init=False)
+    assistant_constraint: OutputConstraint | None = field(init=False)
+    user_constraint: OutputConstraint | None = field(init=False)
+    _tool_constraints: dict[str, OutputConstraint] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.functions = self.bundle.flat_functions
+        self.by_name = {f.name: f for f in self.functions}
+        self.assistant_system = render(
+            ASSISTANT_TEMPLATE,
+            part="system",
+            system_prompt=render_system_prompt(self.functions, self.parallel),
+            subtasks=self.bundle.composition.subtasks,
+            parallel=self.parallel,
+        )
+        self.assistant_constraint = self.user_constraint = None
+        if self.cfg.use_constraints:
+            self.assistant_constraint = OutputConstraint(
+                kind="grammar",
+                spec=assistant_grammar(
+                    self.functions,
+                    parallel=self.parallel,
+                    thought_max_chars=self.cfg.thought_max_chars,
+                    final_max_chars=self.cfg.message_max_chars,
+                    value_max_chars=self.cfg.value_max_chars,
+                    max_calls_per_turn=self.cfg.max_calls_per_turn,
+                ),
+            )
+            self.user_constraint = OutputConstraint(
+                kind="grammar", spec=user_message_grammar(self.cfg.message_max_chars)
+            )
+
+    def tool_constraint(self, fn: FunctionDef) -> OutputConstraint | None:
+        """The tool agent's constraint for ``fn`` (built once per function and trajectory)."""
+        if not self.cfg.use_constraints:
+            return None
+        if fn.name not in self._tool_constraints:
+            spec = tool_result_grammar(fn, self.cfg.value_max_chars)
+            self._tool_constraints[fn.name] = OutputConstraint(kind="grammar", spec=spec)
+        return self._tool_constraints[fn.name]
+
+    def request(
+        self, role: Role, request_id: str, messages: Sequence[ChatMessage], constraint: OutputConstraint | None
+    ) -> LLMRequest:
+        """A request of this trajectory (same affinity key: same replica, warm prefix cache)."""
+        return LLMRequest(
+            role=role,
+            messages=tuple(messages),
+            sampling=self.cfg.sampling.for_role(role),
+            constraint=constraint,
+            affinity_key=self.item_id,
+            request_id=request_id,
+        )
+
+
+# ------------------------------------------------------------------------- user agent
+
+
+def user_kickoff(ctx: TrajectoryContext) -> ChatMessage:
+    """The first message of the user agent's own chat: its instructions and the composite task."""
+    return ChatMessage(role="user", content=render(USER_TEMPLATE, task=ctx.bundle.composition.composite_task))
+
+
+def user_request(ctx: TrajectoryContext, history: Sequence[ChatMessage], index: int) -> LLMRequest:
+    """The user agent's ``index``-th message (0: the opening message; then clarification replies).
+
+    ``history`` is the user agent's chat: the kickoff, then its own messages as
+    ``assistant`` and the assistant agent's questions as ``user``.
+    """
+    return ctx.request("user_agent", f"{ctx.item_id}/user/{index}", history, ctx.user_constraint)
+
+
+def parse_user_message(text: str) -> str:
+    """The user agent's message, stripped; empty or tag-bearing output is malformed."""
+    message = text.strip()
+    if not message:
+        raise ParseError("empty_output")
+    if any(tag in message for tag in _TAGS):
+        raise ParseError("tag_in_message", message[:200])
+    return message
+
+
+# -------------------------------------------------------------------- assistant agent
+
+
+def assistant_system_message(ctx: TrajectoryContext) -> ChatMessage:
+    """The assistant agent's system message: the BUTTON prompt plus the sub-tasks and rules."""
+    return ChatMessage(role="system", content=ctx.assistant_system)
+
+
+def results_message(content: str) -> ChatMessage:
+    """A tool message as the assistant agent sees it (chat templates have no tool role here)."""
+    return ChatMessage(role="user", content=render(ASSISTANT_TEMPLATE, part="results", results=content))
+
+
+def assistant_request(ctx: TrajectoryContext, history: Sequence[ChatMessage], turn_index: int) -> LLMRequest:
+    """The assistant agent's ``turn_index``-th turn given its chat so far (system first)."""
+    return ctx.request(
+        "assistant_agent", f"{ctx.item_id}/assistant/{turn_index}", history, ctx.assistant_constraint
+    )
+
+
+def _parse_calls(body: str) -> list[Any]:
+    try:
+        raw, _ = json.JSONDecoder(parse_constant=_reject_constant).raw_decode(body.lstrip())
+    except ValueError as exc:
+        raise ParseError("bad_call_json", f"{exc}: {body[:200]}") from None
+    if isinstance(raw, dict):
+        raw = [raw]  # a lone call object is unambiguous
+    if not isinstance(raw, list) or not raw:
+        raise ParseError("bad_call_structure", body[:200])
+    return raw
+
+
+def parse_assistant_turn(ctx: TrajectoryContext, text: str) -> Turn:
+    """An assistant turn: thought plus calls, thought plus final answer, or prose alone.
+
+    Prose alone (neither tag) is a question to the user: the clarification path.
+    Malformed text raises a malformed :class:`ParseError`; a well-formed turn that
+    breaks the method's rules (unknown function, wrong arguments, too many calls)
+    raises one with ``malformed=False``. Both are retried by ``run_step``.
+    """
+    text = text.strip()
+    if not text:
+        raise ParseError("empty_output")
+    if CALL_OPEN in text and FINAL_OPEN in text:
+        raise ParseError("call_and_final", text[:200])
+    if CALL_OPEN in text:
+        thought, _, rest = text.partition(CALL_OPEN)
+        calls = []
+        for raw in _parse_calls(rest):
+            if (
+                not isinstance(raw, dict)
+                or not isinstance(raw.get("name"), str)
+                or not isinstance(raw.get("arguments"), dict)
+                or set(raw) != {"name", "arguments"}
+            ):
+                raise ParseError("bad_call_structure", dump_json(raw)[:200])
+            calls.append(ToolCall(name=raw["name"], arguments=raw["arguments"]))
+        turn = Turn(role="assistant", thought=thought.strip(), calls=tuple(calls))
+        _check_calls(ctx, turn)
+    elif FINAL_OPEN in text:
+        thought, _, rest = text.partition(FINAL_OPEN)
+        answer = rest.partition(FINAL_CLOSE)[0].strip()
+        if not answer:
+            raise ParseError("empty_final", text[:200])
+        turn = Turn(role="assistant", thought=thought.strip(), final=answer)
+    else:
+        turn = Turn(role="assistant", thought=text)
+    if any(tag in part for tag in _TAGS for part in (turn.thought, turn.final or "")):
+        raise ParseError("stray_tag", text[:200])
+    return turn
+
+
+def _check_calls(ctx: TrajectoryContext, turn: Turn) -> None:
+    if not ctx.parallel and len(turn.calls) > 1:
+        raise ParseError("multiple_calls_in_off_mode", f"{len(turn.calls)} calls", malformed=False)
+    if len(turn.calls) > ctx.cfg.max_calls_per_turn:
+        raise ParseError("too_many_calls", f"{len(turn.calls)} calls", malformed=False)
+    for call in turn.calls:
+        problem = call_problem(call, ctx.by_name)
+        if problem is not None:
+            raise ParseError(problem[0], problem[1], malformed=False)
+        if any(tag in dump_json(call.arguments) for tag in _TAGS):
+            raise ParseError("stray_tag", call.name)
+
+
+# ------------------------------------------------------------------------- tool agent
+
+
+def tool_request(ctx: TrajectoryContext, call: ToolCall, turn_index: int, call_index: int) -> LLMRequest:
+    """The tool agent's request for one call: one function definition and the call."""
+    fn = ctx.by_name[call.name]
+    prompt = render(
+        TOOL_TEMPLATE,
+        function=dump_json(fn.as_button_dict()),
+        call=dump_json({"name": call.name, "arguments": call.arguments}),
+    )
+    return ctx.request(
+        "tool_agent",
+        f"{ctx.item_id}/tool/{turn_index}/{call_index}",
+        [ChatMessage(role="user", content=prompt)],
+        ctx.tool_constraint(fn),
+    )
+
+
+def parse_tool_result(fn: FunctionDef, text: str) -> dict[str, Any]:
+    """The tool result: the first JSON object in ``text``, holding every declared response key."""
+    if not text.strip():
+        raise ParseError("empty_output")
+    start = text.find("{")
+    if start < 0:
+        raise ParseError("tool_result_not_json", text[:200])
+    try:
+        value, _ = json.JSONDecoder(parse_constant=_reject_constant).raw_decode(text[start:])
+    except ValueError as exc:
+        raise ParseError("tool_result_not_json", f"{exc}: {text[:200]}") from None
+    missing = [k for k in fn.responses if k not in value]
+    if missing:
+        raise ParseError("tool_result_missing_key", ", ".join(missing), malformed=False)
+    return value

@@ -1,0 +1,195 @@
+"""The top-down simulation of one trajectory: a state machine over the three agents.
+
+user message -> assistant turn -> (calls: every call's tool result, concurrently)
+-> assistant turn -> ... -> final answer. An assistant turn that neither calls nor
+answers is a question: the user agent replies (at most ``max_clarifications`` times).
+Identical calls (same name, same arguments) share one tool-agent result.
+
+One coroutine per trajectory, only ``await`` on the engine: thousands run in one
+event loop. Nothing here knows about Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from button_ray.button_format import assistant_content, to_button_messages, tool_content, validate_button_record
+from button_ray.config import MethodConfig
+from button_ray.llm.contract import ChatMessage, LLMClient, LLMRequest, LLMResponse
+from button_ray.records import ToolCall, TrajectoryStats, Turn, WorkItem, stable_id
+from button_ray.steps import StepResult, run_step
+from button_ray.top_down import agents
+from button_ray.top_down.filter import trajectory_problem
+from button_ray.top_down.schema import call_key
+
+ROLES = ("user_agent", "assistant_agent", "tool_agent")
+
+
+def choose_parallel(item_id: str, ratio: float) -> bool:
+    """Parallel calling on or off for a trajectory: a deterministic draw from its id."""
+    return int(stable_id(item_id, "parallel", length=12), 16) / 16**12 < ratio
+
+
+class _Rejected(Exception):
+    """Ends a simulation early; carries the rejection."""
+
+    def __init__(self, stage: str, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.stage, self.reason, self.detail = stage, reason, detail
+
+
+class _Simulation:
+    """The mutable state of one trajectory while it is simulated."""
+
+    def __init__(self, item: WorkItem, llm: LLMClient, ctx: agents.TrajectoryContext) -> None:
+        self.item, self.llm, self.ctx, self.cfg = item, llm, ctx, ctx.cfg
+        self.turns: list[Turn] = []
+        # Each agent's own chat, append-only (prefix cache).
+        self.assistant_chat: list[ChatMessage] = [agents.assistant_system_message(ctx)]
+        self.user_chat: list[ChatMessage] = [agents.user_kickoff(ctx)]
+        self.results: dict[str, dict[str, Any]] = {}
+        self.assistant_turns = 0
+        self.clarifications = 0
+
+    def _check_budget(self) -> None:
+        usage = [self.item.usage_for(role) for role in ROLES]
+        spent = sum(u.prompt_tokens + u.completion_tokens for u in usage)
+        if spent > self.cfg.max_trajectory_tokens:
+            raise _Rejected("simulation", "token_budget", f"{spent} > {self.cfg.max_trajectory_tokens}")
+
+    async def _step(
+        self, stage: str, build: Callable[[int], LLMRequest], parse: Callable[[LLMResponse], Any]
+    ) -> Any:
+        result: StepResult[Any] = await run_step(
+            self.llm, build, parse, self.item.usage_for(stage), self.cfg.retries
+        )
+        self._check_budget()
+        if not result.ok:
+            raise _Rejected(stage, result.reason or "unknown", result.detail)
+        return result.value
+
+    async def _user_message(self) -> None:
+        index = self.clarifications
+        history = list(self.user_chat)
+        text = await self._step(
+            "user_agent",
+            lambda attempt: agents.user_request(self.ctx, history, index),
+            lambda response: agents.parse_user_message(response.text),
+        )
+        self.user_chat.append(ChatMessage(role="assistant", content=text))
+        self.assistant_chat.append(ChatMessage(role="user", content=text))
+        self.turns.append(Turn(role="user", content=text))
+
+    async def _assistant_turn(self) -> Turn:
+        if self.assistant_turns >= self.cfg.max_assistant_turns:
+            raise _Rejected("simulation", "turn_limit", f"{self.assistant_turns} assistant turns")
+        index = self.assistant_turns
+        history = list(self.assistant_chat)
+        turn: Turn = await self._step(
+            "assistant_agent",
+            lambda attempt: agents.assistant_request(self.ctx, history, index),
+            lambda response: agents.parse_assistant_turn(self.ctx, response.text),
+        )
+        self.assistant_turns += 1
+        self.turns.append(turn)
+        self.assistant_chat.append(ChatMessage(role="assistant", content=assistant_content(turn)))
+        return turn
+
+    async def _tool_result(self, call: ToolCall, turn_index: int, call_index: int) -> dict[str, Any]:
+        fn = self.ctx.by_name[call.name]
+        return await self._step(
+            "tool_agent",
+            lambda attempt: agents.tool_request(self.ctx, call, turn_index, call_index),
+            lambda response: agents.parse_tool_result(fn, response.text),
+        )
+
+    async def _run_calls(self, calls: tuple[ToolCall, ...]) -> None:
+        turn_index = self.assistant_turns - 1
+        keys = [call_key(c) for c in calls]
+        # First occurrence of each call not answered before; the rest reuse its result.
+        todo: dict[str, tuple[int, ToolCall]] = {}
+        for j, (key, call) in enumerate(zip(keys, calls)):
+            if key not in self.results and key not in todo:
+                todo[key] = (j, call)
+        outcomes = await asyncio.gather(
+            *(self._tool_result(c, turn_index, j) for j, c in todo.values()), return_exceptions=True
+        )
+        # Every concurrent call has finished before any error propagates: no orphan tasks.
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        self.results.update(zip(todo, outcomes))
+        results = tuple(self.results[k] for k in keys)
+        self.turns.append(Turn(role="tool", results=results))
+        self.assistant_chat.append(agents.results_message(tool_content(calls, results)))
+
+    async def run(self) -> None:
+        await self._user_message()
+        while True:
+            turn = await self._assistant_turn()
+            if turn.final is not None:
+                return
+            if turn.calls:
+                await self._run_calls(turn.calls)
+                continue
+            self.clarifications += 1
+            if self.clarifications > self.cfg.max_clarifications:
+                raise _Rejected("simulation", "clarification_limit", f"{self.clarifications} questions")
+            self.user_chat.append(ChatMessage(role="user", content=turn.thought))
+            await self._user_message()
+
+    def stats(self) -> TrajectoryStats:
+        assistant = [t for t in self.turns if t.role == "assistant"]
+        usage = [self.item.usage_for(role) for role in ROLES]
+        return TrajectoryStats(
+            assistant_turns=len(assistant),
+            calls=sum(len(t.calls) for t in assistant),
+            calls_per_turn=tuple(len(t.calls) for t in assistant),
+            clarifications=self.clarifications,
+            prompt_tokens=sum(u.prompt_tokens for u in usage),
+            completion_tokens=sum(u.completion_tokens for u in usage),
+        )
+
+
+async def simulate(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> WorkItem:
+    """Simulate ``item``'s trajectory, filter it and render it in the BUTTON format.
+
+    ``item.bundle`` must be set. Sets ``item.parallel``; on success fills ``turns``,
+    ``stats`` and ``messages`` and marks the item ``emitted``; otherwise rejects it with
+    the stage (``user_agent``, ``assistant_agent``, ``tool_agent``, ``simulation`` or
+    ``trajectory_filter``) and a reason code. Engine errors propagate to the caller.
+    Items that already have an outcome are returned unchanged.
+    """
+    if item.outcome != "pending":
+        return item
+    if item.bundle is None:
+        raise ValueError(f"item {item.item_id} has no task bundle to simulate")
+    item.parallel = choose_parallel(item.item_id, cfg.parallel_ratio)
+    if not item.bundle.flat_functions:
+        return item.reject("simulation", "no_functions", "the task bundle defines no function")
+    ctx = agents.TrajectoryContext(item_id=item.item_id, bundle=item.bundle, parallel=item.parallel, cfg=cfg)
+    sim = _Simulation(item, llm, ctx)
+    try:
+        await sim.run()
+    except _Rejected as rejected:
+        return item.reject(rejected.stage, rejected.reason, rejected.detail)
+    problem = trajectory_problem(
+        sim.turns,
+        ctx.functions,
+        parallel=item.parallel,
+        min_calls=cfg.min_calls,
+        min_assistant_turns=cfg.min_assistant_turns,
+    )
+    if problem is not None:
+        return item.reject("trajectory_filter", *problem)
+    messages = to_button_messages(ctx.functions, item.parallel, sim.turns)
+    errors = validate_button_record({"messages": messages})
+    if errors:
+        # The filter and the renderer disagree: keep the record out rather than ship it.
+        return item.reject("trajectory_filter", "invalid_button_record", "; ".join(errors[:3]))
+    item.turns = tuple(sim.turns)
+    item.stats = sim.stats()
+    item.messages = tuple(messages)
+    item.outcome = "emitted"
+    return item

@@ -1,0 +1,99 @@
+"""A zero-latency scripted answerer for the three top-down agents.
+
+``respond(request)`` returns a valid answer for ``user_agent``, ``assistant_agent`` and
+``tool_agent`` requests (``None`` for any other role), derived only from the request,
+so trajectories driven by it pass the trajectory filter and the BUTTON validator.
+What it reads from a request:
+
+- user agent: the composite task between ``<task>`` and ``</task>`` in the first
+  message (``prompts/user_agent.j2``);
+- assistant agent: the function list between ``<tool>`` and ``</tool>`` in the system
+  message (the BUTTON system prompt), parallel mode from the presence of the BUTTON
+  "parallel on" sentence there, and progress from the number of assistant messages
+  already in the chat. It calls each function once, in list order (a function list of
+  one is called twice with different arguments, to reach two calls), one call per turn
+  with parallel off and two per turn with it on, filling required arguments with
+  values of the declared type; then it gives ``<final>``;
+- tool agent: the function definition between ``<tool>`` and ``</tool>`` and the call
+  between ``<call>`` and ``</call>`` (``prompts/tool_agent.j2``); it answers every
+  declared response key with a value of its type.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from button_ray.button_format import PARALLEL_ON, dump_json
+from button_ray.llm.contract import LLMRequest
+from button_ray.top_down.schema import canonical_types
+
+
+def _between(text: str, start: str, end: str) -> str:
+    match = re.search(re.escape(start) + r"(.*?)" + re.escape(end), text, re.S)
+    if match is None:
+        raise ValueError(f"no {start}...{end} in the request")
+    return match.group(1).strip()
+
+
+def _value(spec: Any, label: str, variant: int) -> Any:
+    enum = spec.get("enum") if isinstance(spec, dict) else None
+    if isinstance(enum, list) and enum:
+        return enum[variant % len(enum)]
+    types = canonical_types(spec)
+    kind = sorted(types)[0] if types else "string"
+    return {
+        "string": f"{label} {variant + 1}",
+        "number": 1.5 + variant,
+        "integer": 1 + variant,
+        "boolean": variant % 2 == 0,
+        "array": [f"{label} {variant + 1}"],
+        "object": {"key": f"{label} {variant + 1}"},
+        "null": None,
+    }[kind]
+
+
+def _schedule(functions: list[dict[str, Any]], parallel: bool) -> list[list[tuple[dict[str, Any], int]]]:
+    """Calls per turn: (function, variant) pairs; variants keep repeated functions distinct."""
+    calls = [(f, 0) for f in functions] if len(functions) > 1 else [(functions[0], 0), (functions[0], 1)]
+    size = 2 if parallel else 1
+    return [calls[i : i + size] for i in range(0, len(calls), size)]
+
+
+def _assistant(request: LLMRequest) -> str:
+    system = request.messages[0].content
+    functions = json.loads(_between(system, "<tool>", "</tool>"))
+    schedule = _schedule(functions, PARALLEL_ON in system)
+    turn = sum(1 for m in request.messages if m.role == "assistant")
+    if turn >= len(schedule):
+        return "All the results are in. <final>The task is done: every step returned its result.</final>"
+    calls = [
+        {
+            "name": f["name"],
+            "arguments": {p: _value(f["parameters"].get(p, {}), p, variant) for p in f["required"]},
+        }
+        for f, variant in schedule[turn]
+    ]
+    thought = "Plan: call each function in order." if turn == 0 else "Next step."
+    return f"{thought} <call>{dump_json(calls)}</call>"
+
+
+def _tool(request: LLMRequest) -> str:
+    prompt = request.messages[-1].content
+    fn = json.loads(_between(prompt, "<tool>", "</tool>"))
+    call = json.loads(_between(prompt, "<call>", "</call>"))
+    seed = sum(map(ord, dump_json(call["arguments"]))) % 7
+    return dump_json({k: _value(spec, k, seed) for k, spec in fn["responses"].items()})
+
+
+def _user(request: LLMRequest) -> str:
+    if len(request.messages) == 1:
+        return "Hello, I need help with this: " + _between(request.messages[0].content, "<task>", "</task>")
+    return "Yes, please go ahead with the details I gave."
+
+
+def respond(request: LLMRequest) -> str | None:
+    """A valid answer for a top-down agent request, or None for other roles."""
+    handler = {"user_agent": _user, "assistant_agent": _assistant, "tool_agent": _tool}.get(request.role)
+    return handler(request) if handler else None
