@@ -86,6 +86,9 @@ def start_replicas(pool: PoolConfig, name_prefix: str | None = None) -> list[Any
             # Replace a dead replica; callers retry its in-flight requests elsewhere.
             "max_restarts": -1,
             "max_task_retries": 0,
+            # vLLM logs every engine step detail at INFO; job logs want our progress lines.
+            # Env vars merge with the job's runtime_env; the user's setting wins.
+            "runtime_env": {"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}},
         }
         if name_prefix:
             options["name"] = f"{name_prefix}-{pool.name}-{i}"
