@@ -11,20 +11,12 @@ import time
 from collections import Counter
 from typing import Any, Iterable, TextIO
 
+from button_ray.llm.contract import ROLES
 from button_ray.records import WorkItem
 
-#: Stage order of the method; rejections are reported against these names.
-STAGE_ORDER = (
-    "atomic_task",
-    "composition",
-    "composition_filter",
-    "functions",
-    "user_agent",
-    "assistant_agent",
-    "tool_agent",
-    "simulation",
-    "trajectory_filter",
-)
+#: Stage order of the method (the item-level roles, then the simulation's own checks);
+#: rejections are reported against these names.
+STAGE_ORDER = (*(r for r in ROLES if not r.startswith("scenario_")), "simulation", "trajectory_filter")
 
 
 def new_stats() -> dict[str, Any]:
