@@ -1,0 +1,43 @@
+import pytest
+
+from button_ray import summary
+from button_ray.records import Scenario, StageUsage, WorkItem
+
+
+def _item(i, outcome, stage=None, reason=None):
+    item = WorkItem(item_id=f"i{i}", scenario=Scenario(scenario_id="s", text="t"), slot=i, seed=i)
+    item.usage["atomic_task"] = StageUsage(calls=2, unparseable=1, prompt_tokens=10, completion_tokens=5)
+    if outcome == "emitted":
+        item.outcome = "emitted"
+    elif outcome == "rejected":
+        item.reject(stage, reason)
+    else:
+        item.fail("LLMUnavailableError: gone")
+    return item
+
+
+def test_funnel_adds_up_and_merges_across_shards():
+    a, b = summary.new_stats(), summary.new_stats()
+    for item in (_item(0, "emitted"), _item(1, "rejected", "functions", "bad_json")):
+        summary.add_item(a, item)
+    for item in (_item(2, "rejected", "trajectory_filter", "repeated_call"), _item(3, "failed")):
+        summary.add_item(b, item)
+    total = summary.merge([a, b])
+    rows = {r["stage"]: r for r in summary.funnel(total)}
+    assert rows["atomic_task"]["in"] == 3  # the failed item is counted apart
+    assert rows["functions"] == {"stage": "functions", "in": 3, "accepted": 2, "rejected": 1,
+                                 "reasons": {"bad_json": 1}}
+    assert rows["trajectory_filter"]["accepted"] == 1 == total["emitted"]
+    assert total["errors"] == {"LLMUnavailableError": 1}
+    assert summary.totals(total) == {"calls": 8, "unparseable": 4, "prompt_tokens": 40, "completion_tokens": 20}
+    built = summary.build_summary(total, 10.0, total)
+    assert built["unparseable_share"] == 0.5
+    assert built["items"] == built["emitted"] + built["rejected"] + built["failed"]
+
+
+def test_funnel_detects_lost_items():
+    stats = summary.new_stats()
+    summary.add_item(stats, _item(0, "emitted"))
+    stats["items"] += 1  # an item that never reached an outcome
+    with pytest.raises(AssertionError, match="does not add up"):
+        summary.funnel(stats)
