@@ -13,7 +13,9 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING",
+        # address="local": always a fresh cluster of our own, never one that another
+        # process on this machine started with `ray start` (ray.init() would join it).
+        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING",
                  runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     yield ray
     ray.shutdown()
