@@ -37,7 +37,7 @@ from button_ray.records import (
     item_row,
     stable_id,
 )
-from button_ray.sink import OutputStore, ShardPlan, plan_shards
+from button_ray.sink import OutputStore, ShardPlan, plan_shards, redact
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,17 @@ class ItemStage:
     async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         items = await asyncio.gather(*(self._one(raw) for raw in batch["item"]))
         return {"item": list(items), "shard": list(batch["shard"])}
+
+
+class BottomUpStage(ItemStage):
+    """The bottom-up stage; its own class so its actors are named after it in Ray's tools."""
+
+
+class SimulationStage(ItemStage):
+    """The simulation stage; its own class so its actors are named after it in Ray's tools."""
+
+
+_STAGE_CLASSES = {"bottom_up": BottomUpStage, "simulate": SimulationStage}
 
 
 def make_items(fingerprint: str, seed: int, plans: list[ShardPlan], scenarios: dict[str, Any],
@@ -160,7 +171,9 @@ def _table(rows: list[dict[str, Any]], schema: Any) -> Any:
 def _init_ray(cfg: RunConfig) -> None:
     if ray.is_initialized():
         return
-    address = cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS")
+    # Without an address, start a private local cluster: a bare ray.init() would join
+    # any cluster that happens to run on the machine. `ray job submit` sets RAY_ADDRESS.
+    address = cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
 
 
@@ -180,6 +193,15 @@ def _start_pools(cfg: RunConfig) -> tuple[dict[str, tuple[PoolConfig, list[Any]]
     return pools, infos
 
 
+def _stop_pools(pools: dict[str, tuple[PoolConfig, list[Any]]]) -> None:
+    for _, handles in pools.values():
+        for h in handles:
+            try:
+                ray.kill(h, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
 def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
     """Run (or resume) one generation job; return the summary written to summary.json."""
     started = time.monotonic()
@@ -189,7 +211,10 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
     store.preflight()
     check_input(cfg.scenarios, cfg.output.storage_options)
-    resuming = store.claim(fingerprint, cfg.model_dump(mode="json"))
+    recorded = cfg.model_dump(mode="json")
+    # _run.json records the config, never the storage credentials.
+    recorded["output"]["storage_options"] = redact(recorded["output"]["storage_options"])
+    resuming = store.claim(fingerprint, recorded)
 
     _init_ray(cfg)
     scenarios = read_scenarios(cfg.scenarios, limit)
@@ -207,17 +232,21 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
 
     if pending:
         pools, infos = _start_pools(cfg)
-        sink.lineage = {
-            "config_fingerprint": fingerprint,
-            "models": {role: infos[p.name]["model"] for p in cfg.pools for role in p.roles},
-            "engine_version": next(iter(infos.values()))["engine_version"],
-            "template_hashes": hashes,
-        }
-        rows = make_items(fingerprint, cfg.seed, pending, {s.scenario_id: s for s in scenarios}, slots)
-        _stream(cfg, pools, rows, sink, progress)
-        progress.maybe_print(force=True)
-        replica_metrics = {name: ray.get([h.metrics.remote() for h in handles])
-                           for name, (_, handles) in pools.items()}
+        try:
+            sink.lineage = {
+                "config_fingerprint": fingerprint,
+                "models": {role: infos[p.name]["model"] for p in cfg.pools for role in p.roles},
+                "engine_version": next(iter(infos.values()))["engine_version"],
+                "template_hashes": hashes,
+            }
+            rows = make_items(fingerprint, cfg.seed, pending, {s.scenario_id: s for s in scenarios}, slots)
+            _stream(cfg, pools, rows, sink, progress)
+            progress.maybe_print(force=True)
+            replica_metrics = {name: ray.get([h.metrics.remote() for h in handles])
+                               for name, (_, handles) in pools.items()}
+        finally:
+            # The engines end with the job, also when it fails (e.g. storage gone).
+            _stop_pools(pools)
     else:
         replica_metrics = {}
 
@@ -247,7 +276,7 @@ def _stream(cfg: RunConfig, pools: dict[str, tuple[PoolConfig, list[Any]]], rows
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
     for stage, actors in (("bottom_up", rt.bottom_up_actors), ("simulate", rt.simulation_actors)):
         ds = ds.map_batches(
-            ItemStage,
+            _STAGE_CLASSES[stage],
             fn_constructor_kwargs={"stage": stage, "method": cfg.method, "pools": pools,
                                    "affinity": rt.affinity_routing},
             batch_size=rows_per_block,
@@ -259,11 +288,19 @@ def _stream(cfg: RunConfig, pools: dict[str, tuple[PoolConfig, list[Any]]], rows
             ),
             num_cpus=rt.actor_num_cpus,
         )
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for raw, shard in zip(batch["item"], batch["shard"]):
-            item = WorkItem.model_validate_json(raw)
-            sink.add(str(shard), item)
-            progress.update(item)
+    batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    try:
+        for batch in batches:
+            for raw, shard in zip(batch["item"], batch["shard"]):
+                item = WorkItem.model_validate_json(raw)
+                sink.add(str(shard), item)
+                progress.update(item)
+    finally:
+        # On an error (a failed commit) stop the stream now: its actors are released
+        # instead of working on for a job that has ended.
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
     if sink.buffers:
         missing = {k: sink.plans[k].items - len(v) for k, v in sink.buffers.items()}
         raise RuntimeError(f"stream ended with incomplete shards (shard: items missing): {missing}")

@@ -18,12 +18,15 @@ trusted from a cache.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -32,9 +35,97 @@ from fsspec.implementations.local import LocalFileSystem
 
 from button_ray.records import stable_id
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Protocols whose files are objects: one PUT each, no directories, no rename.
+_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "az", "oss"}
+
+#: Bounded retries of a storage call that failed for a transient reason (after the
+#: client's own retries): waits of 1, 2, 4 s, so a short outage is ridden out and a
+#: long one ends the job (committed shards stay committed; the same command resumes).
+STORAGE_ATTEMPTS = 4
+STORAGE_BACKOFF_S = 1.0
+
+#: storage_options keys whose values are never written into the output (_run.json).
+_SECRET_KEYS = ("key", "secret", "token", "password", "credential", "session")
+
 
 class OutputError(RuntimeError):
     """The output location cannot be used (unwritable, or belongs to another config)."""
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Worth retrying: 5xx, connection refused/reset, timeouts. Not: missing, denied, misconfigured."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError,
+                        NotADirectoryError, OutputError)):
+        return False
+    try:
+        from botocore import exceptions as boto
+    except ImportError:  # pragma: no cover - s3fs brings botocore
+        boto = None
+    if boto is not None:
+        if isinstance(exc, (boto.ConnectionError, boto.HTTPClientError, boto.IncompleteReadError)):
+            return True  # refused, reset, closed, timed out
+        if isinstance(exc, boto.BotoCoreError):
+            return False  # no credentials, no region, bad parameters: retrying cannot help
+    # s3fs reports 5xx (after botocore's own retries) as OSError(EIO); also timeouts.
+    return isinstance(exc, (OSError, TimeoutError))
+
+
+def _retry(op: Callable[[], T], what: str, attempts: int | None = None) -> T:
+    attempts = STORAGE_ATTEMPTS if attempts is None else attempts
+    for attempt in range(attempts):
+        try:
+            return op()
+        except Exception as exc:  # noqa: BLE001 - re-raised unless transient
+            if attempt + 1 >= attempts or not _is_transient(exc):
+                raise
+            wait = STORAGE_BACKOFF_S * 2**attempt
+            log.warning("storage: %s failed (%s: %s); retrying in %.0f s", what, type(exc).__name__, exc, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _endpoint(options: dict[str, Any]) -> str:
+    return (options.get("client_kwargs", {}).get("endpoint_url") or options.get("endpoint_url")
+            or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            or "the default endpoint")
+
+
+def describe_storage_error(exc: BaseException, uri: str, options: dict[str, Any]) -> str:
+    """One sentence naming what to fix for a failed access to ``uri``."""
+    # The server's own words, kept inside this one sentence.
+    detail = f"{type(exc).__name__}: {exc}".replace("\n", " ").replace(". ", "; ").rstrip(".")
+    names = {c.__name__ for c in type(exc).__mro__}
+    is_s3 = uri.startswith(("s3://", "s3a://"))
+    if "NoCredentialsError" in names:
+        return (f"no credentials found for output {uri!r}: set output.storage_options key and secret, "
+                "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"} or (
+        isinstance(exc, OSError) and exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT)
+    ):
+        where = _endpoint(options) if is_s3 else "the storage service"
+        return (f"cannot reach {where} for output {uri!r} ({detail}): check that the server is up and "
+                "output.storage_options.client_kwargs.endpoint_url (or AWS_ENDPOINT_URL)")
+    if isinstance(exc, PermissionError):
+        return (f"output {uri!r} refused this client ({detail}): check the credentials (output.storage_options "
+                "key and secret, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and their write permission")
+    if isinstance(exc, FileNotFoundError) and ("bucket" in str(exc).lower() or "NoSuchBucket" in repr(exc.__cause__)):
+        bucket = uri.split("://", 1)[-1].split("/", 1)[0]
+        return f"the bucket {bucket!r} of output {uri!r} does not exist: create it, or fix output.uri"
+    return f"cannot write to output {uri!r} ({detail}): check the URI, the bucket and the credentials"
+
+
+def redact(options: Any) -> Any:
+    """A copy of (nested) storage options with secret values replaced by '***'."""
+    if isinstance(options, dict):
+        return {k: ("***" if any(s in str(k).lower() for s in _SECRET_KEYS) and not isinstance(v, dict)
+                    else redact(v)) for k, v in options.items()}
+    if isinstance(options, list):
+        return [redact(v) for v in options]
+    return options
 
 
 @dataclass(frozen=True)
@@ -74,15 +165,20 @@ class OutputStore:
     def __post_init__(self) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **_fs_options(self.uri, self.storage_options))
         self.root = self.root.rstrip("/")
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        self.object_store = bool(set(protocols) & _OBJECT_STORES)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
     # -- small objects -------------------------------------------------------------
-    def _write_bytes(self, rel: str, data: bytes) -> None:
-        path = self.path(rel)
-        parent = path.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
+    def _put(self, path: str, data: bytes) -> None:
+        if self.object_store:
+            # One PUT: the object appears whole or not at all. No makedirs: on s3fs it
+            # would create a missing bucket instead of reporting it.
+            self.fs.pipe_file(path, data)
+            return
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         if isinstance(self.fs, LocalFileSystem):
             # Local files become visible on open; a rename makes them appear complete.
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -93,10 +189,17 @@ class OutputStore:
             with self.fs.open(path, "wb") as f:
                 f.write(data)
 
+    def _write_bytes(self, rel: str, data: bytes, attempts: int | None = None) -> None:
+        path = self.path(rel)
+        _retry(lambda: self._put(path, data), f"write {path}", attempts)
+
+    def read_bytes(self, rel: str) -> bytes:
+        path = self.path(rel)
+        return _retry(lambda: self.fs.cat_file(path), f"read {path}")
+
     def _read_json(self, rel: str) -> Any | None:
         try:
-            with self.fs.open(self.path(rel), "rb") as f:
-                return json.loads(f.read())
+            return json.loads(self.read_bytes(rel))
         except FileNotFoundError:
             return None
 
@@ -104,20 +207,22 @@ class OutputStore:
         self._write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode())
 
     def exists(self, rel: str) -> bool:
-        return bool(self.fs.exists(self.path(rel)))
+        path = self.path(rel)
+        return bool(_retry(lambda: self.fs.exists(path), f"check {path}"))
 
     # -- preflight and run record --------------------------------------------------
     def preflight(self) -> None:
-        """Write and delete a probe object; one clear sentence on failure."""
+        """Write and delete a probe object; one clear sentence naming what to fix on failure.
+
+        No retries of our own here (the client's own still apply): a wrong endpoint,
+        bucket or key should be reported in seconds, before any engine starts.
+        """
         probe = f"_probe-{uuid.uuid4().hex[:8]}"
         try:
-            self._write_bytes(probe, b"ok")
-            self.fs.rm(self.path(probe))
+            self._write_bytes(probe, b"ok", attempts=1)
+            self.fs.rm_file(self.path(probe))
         except Exception as exc:  # noqa: BLE001 - any failure means "cannot write here"
-            raise OutputError(
-                f"cannot write to output {self.uri!r} ({type(exc).__name__}: {exc}); "
-                "check the URI, the bucket and the credentials"
-            ) from exc
+            raise OutputError(describe_storage_error(exc, self.uri, self.storage_options)) from exc
 
     def claim(self, fingerprint: str, config: dict[str, Any]) -> bool:
         """Record this run's fingerprint, or check it matches; True when resuming."""
@@ -140,7 +245,7 @@ class OutputStore:
         self.fs.invalidate_cache()
         commits_dir = self.path("_commits")
         try:
-            names = self.fs.ls(commits_dir, detail=False)
+            names = _retry(lambda: self.fs.ls(commits_dir, detail=False, refresh=True), f"list {commits_dir}")
         except FileNotFoundError:
             return {}
         markers = {}
@@ -155,22 +260,34 @@ class OutputStore:
     def commit_shard(
         self, plan: ShardPlan, accepted: pa.Table, rejected: pa.Table, stats: dict[str, Any]
     ) -> dict[str, Any]:
-        """Write both tables, then the marker. Idempotent for the same shard key."""
+        """Write both tables, then the marker. Idempotent for the same shard key.
+
+        A failure at any step leaves no marker, so the shard is not committed and a
+        resume rewrites it; the error names the shard and says how to go on.
+        """
         files = {}
-        for kind, table in (("data", accepted), ("rejected", rejected)):
-            buf = io.BytesIO()
-            pq.write_table(table, buf, compression="zstd")
-            rel = f"{kind}/shard-{plan.key}.parquet"
-            self._write_bytes(rel, buf.getvalue())
-            files[kind] = {"path": rel, "rows": table.num_rows, "bytes": buf.tell()}
-        marker = {
-            "key": plan.key,
-            "scenario_ids": list(plan.scenario_ids),
-            "files": files,
-            "stats": stats,
-            "committed_at": time.time(),
-        }
-        self.write_json(f"_commits/shard-{plan.key}.json", marker)
+        try:
+            for kind, table in (("data", accepted), ("rejected", rejected)):
+                buf = io.BytesIO()
+                pq.write_table(table, buf, compression="zstd")
+                rel = f"{kind}/shard-{plan.key}.parquet"
+                self._write_bytes(rel, buf.getvalue())
+                files[kind] = {"path": rel, "rows": table.num_rows, "bytes": buf.tell()}
+            marker = {
+                "key": plan.key,
+                "scenario_ids": list(plan.scenario_ids),
+                "files": files,
+                "stats": stats,
+                "committed_at": time.time(),
+            }
+            self.write_json(f"_commits/shard-{plan.key}.json", marker)
+        except Exception as exc:
+            if not (_is_transient(exc) or isinstance(exc, (FileNotFoundError, PermissionError))):
+                raise
+            raise OutputError(
+                f"could not commit shard {plan.key}: {describe_storage_error(exc, self.uri, self.storage_options)}"
+                "; shards committed before are kept, and the same command resumes the run"
+            ) from exc
         return marker
 
     def write_manifest(self, fingerprint: str, markers: Iterable[dict[str, Any]]) -> None:
@@ -199,8 +316,7 @@ def read_committed(uri: str, table: str = "data", storage_options: dict[str, Any
         raise OutputError(f"{uri!r} has no manifest.json: not a button_ray output, or nothing committed yet")
     tables = []
     for shard in manifest["shards"]:
-        with store.fs.open(store.path(shard[table]), "rb") as f:
-            tables.append(pq.read_table(f))
+        tables.append(pq.read_table(io.BytesIO(store.read_bytes(shard[table]))))
     if not tables:
         from button_ray.records import ACCEPTED_SCHEMA, REJECTED_SCHEMA
 

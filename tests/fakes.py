@@ -61,7 +61,10 @@ class OracleEngine:
     - ``latency_s``: sleep per request (simulates engine time);
     - ``garbage``: answer every request with unparseable text;
     - ``fail_start``: the engine never starts (constructor-time failure);
-    - ``die_after``: after that many requests in one process, report a dead engine.
+    - ``die_after``: after that many requests in one process, report a dead engine;
+    - ``trace_dir``: append ``start``/``end`` lines (request id, role, affinity key) to
+      ``<trace_dir>/<pid>.log``, so chaos tests can see what was in flight in a process
+      they killed and where it completed (:func:`read_traces`).
     """
 
     def __init__(self, pool) -> None:  # noqa: ANN001 - PoolConfig, imported lazily
@@ -94,11 +97,13 @@ class OracleEngine:
             raise ReplicaFatalError("scripted engine death")
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self._trace("start", request)
         try:
             await asyncio.sleep(float(self.extra.get("latency_s", 0.0)))
         finally:
             self.in_flight -= 1
         text = self._answer(request)
+        self._trace("end", request)
         return LLMResponse(
             text=text,
             finish_reason="stop",
@@ -106,6 +111,15 @@ class OracleEngine:
             completion_tokens=max(1, len(text) // 4),
             model=self.model_name,
         )
+
+    def _trace(self, event: str, request: LLMRequest) -> None:
+        trace_dir = self.extra.get("trace_dir")
+        if trace_dir:
+            import os
+
+            line = f"{event}\t{request.request_id}\t{request.role}\t{request.affinity_key or ''}\n"
+            with open(os.path.join(trace_dir, f"{os.getpid()}.log"), "a") as f:
+                f.write(line)
 
     def _answer(self, request: LLMRequest) -> str:
         from tests.oracles import bottom_up, top_down
@@ -130,3 +144,21 @@ class EchoEngine(OracleEngine):
 
     def _answer(self, request: LLMRequest) -> str:
         return request.request_id
+
+
+def read_traces(trace_dir: str) -> dict[int, list[tuple[str, str, str, str]]]:
+    """``OracleEngine`` traces by engine process id: (event, request id, role, affinity key)."""
+    import os
+
+    out: dict[int, list[tuple[str, str, str, str]]] = {}
+    for name in os.listdir(trace_dir):
+        if name.endswith(".log"):
+            with open(os.path.join(trace_dir, name)) as f:
+                out[int(name[:-4])] = [tuple(line.rstrip("\n").split("\t")) for line in f if line.endswith("\n")]
+    return out
+
+
+def in_flight(events: list[tuple[str, str, str, str]]) -> set[str]:
+    """Request ids started but not ended in one process's trace."""
+    started = {e[1] for e in events if e[0] == "start"}
+    return started - {e[1] for e in events if e[0] == "end"}

