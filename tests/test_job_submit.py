@@ -61,17 +61,17 @@ def ray_head():
 
 def _submit(ray_head, out: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     address, env = ray_head
-    for _ in range(30):
+    deadline = time.monotonic() + 300
+    while True:
         proc = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--",
              "button-ray", "generate", "--output", str(out), *args],
             env=env, capture_output=True, text=True, timeout=timeout,
         )
         # The head's job agent can come up after its API answers; the job never started.
-        if "No available agent to submit job" not in proc.stdout + proc.stderr:
+        if "No available agent to submit job" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
             return proc
-        time.sleep(2)
-    return proc
+        time.sleep(3)
 
 
 def _check_run(out: Path) -> dict:
