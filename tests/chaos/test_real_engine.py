@@ -4,7 +4,9 @@ minutes on a loaded 2-core machine, and each test starts at least two.
 
 The work is the smallest that still commits shards one after another: two scenarios
 (three for the driver kill, so that work is left when the first shard commits), one
-atomic task each, one scenario per shard, shorter generations.
+atomic task each, one scenario per shard, shorter generations. Items run concurrently,
+so each finishes (and its shard commits) on its own: one item at a time would make a
+quickly rejected item wait behind a long trajectory and commit in the same instant.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ CONFIG = "configs/local.yaml"
 SMALL = [
     "method.atomic_tasks_per_scenario=1",
     "output.shard_size=1",
-    "runtime.items_in_flight_per_actor=1",
     "runtime.progress_interval_s=30",
     "method.max_assistant_turns=4",
     "method.sampling.atomic_task.max_tokens=96",
