@@ -46,17 +46,21 @@ def cfg(uri: str, storage_options: dict | None = None, n: int = 4, shard_size: i
 
 def expected_ids(run: RunConfig, n: int | None = None, fingerprint: str | None = None) -> list[str]:
     """Every record id the run must commit: one per (scenario, slot), computed from scratch."""
-    n = n or run.scenarios.limit
-    texts, seen = [], set()
+    return ids_for(fingerprint or run.fingerprint(), n or run.scenarios.limit, run.method.atomic_tasks_per_scenario)
+
+
+def ids_for(fingerprint: str, n: int, slots: int) -> list[str]:
+    """``stable_id(fingerprint, scenario id, slot)`` for the first ``n`` default scenarios."""
+    sids, seen = [], set()
     for text in load_default_scenarios():
-        sid = scenario_id(text.strip())
-        if text.strip() and sid not in seen:
+        text = text.strip()
+        sid = scenario_id(text)
+        if text and sid not in seen:
             seen.add(sid)
-            texts.append(sid)
-        if len(texts) == n:
+            sids.append(sid)
+        if len(sids) == n:
             break
-    fp = fingerprint or run.fingerprint()
-    return sorted(stable_id(fp, sid, slot) for sid in texts for slot in range(run.method.atomic_tasks_per_scenario))
+    return sorted(stable_id(fingerprint, sid, slot) for sid in sids for slot in range(slots))
 
 
 def committed_ids(uri: str, storage_options: dict | None = None) -> list[str]:
