@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,6 +83,17 @@ class MethodConfig(_Config):
         description="Bound on a user-agent message and on a final answer in the grammar "
         "(enforced as a word count, chars/6).",
     )
+    plain_prose: bool = Field(
+        False,
+        description="The agents' prose (assistant thought and final answer, user messages) may not hold "
+        "code or JSON marks (<>{}[]`\\_|) in their grammars: a small model otherwise pastes code blocks "
+        "and call lists into its thoughts and answers.",
+    )
+    user_openers: tuple[str, ...] = Field(
+        (),
+        description="Phrases the user agent's first message must start with (one of them, in its grammar). "
+        "Empty: free. Keeps a small model in the user's role (it otherwise answers as an assistant).",
+    )
     value_max_chars: int = Field(
         64,
         ge=4,
@@ -92,7 +104,42 @@ class MethodConfig(_Config):
     max_calls_per_turn: int = Field(
         3, ge=1, le=16, description="Most calls one assistant turn may hold when parallel calling is on."
     )
-    max_functions_per_subtask: int = Field(3, ge=1, le=10)
+    steer_calls: bool = Field(
+        False,
+        description="Steer the assistant by its grammar, per turn: only functions not called yet in the "
+        "trajectory (several distinct ones per turn in parallel mode, in function-list order), no final "
+        "answer before min_calls calls, only a final answer once every function was called or "
+        "steer_max_calls is reached. No call can repeat and every trajectory ends. Off: any function any "
+        "time, one grammar per trajectory (a strong model plans by itself and may reuse a function).",
+    )
+    steer_max_calls: int | None = Field(
+        None, ge=1, description="With steer_calls: most calls per trajectory (None: one per function)."
+    )
+    max_functions_per_subtask: int = Field(3, ge=1, le=10, description="Most functions one sub-task may have.")
+    min_functions_per_subtask: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Fewest functions every sub-task must have (schema minItems; fewer is retried). BUTTON "
+        "lets a pure-reasoning sub-task have none (0); 1 gives every sub-task a call to make.",
+    )
+    function_name_pattern: str = Field(
+        r"^[A-Za-z_][A-Za-z0-9_]{0,47}$",
+        description="Regex every generated function name must match (sent in the constraint). Anchored, "
+        "a subset of the record's name pattern; with plain_text only classes, groups, | and quantifiers up "
+        "to 128.",
+    )
+    function_names_from_subtask: bool = Field(
+        False,
+        description="Each sub-task's function names must be a lowercase verb followed by 1-3 content words "
+        "of that sub-task's own text (no proper nouns, no numbers), per group in the constraint: ties a small "
+        "model's functions to its sub-task instead of the prompt's example, and keeps names general.",
+    )
+    parameter_name_pattern: str = Field(
+        r"^[A-Za-z_][A-Za-z0-9_]{0,31}$",
+        description="Regex every parameter and result name of a generated function must match (sent in "
+        "the constraint; same regex subset as function_name_pattern).",
+    )
     atomic_task_max_words: int = Field(
         30, ge=5, le=200, description="Longest atomic task accepted (BUTTON: <= 30 words); longer is retried."
     )
@@ -101,12 +148,35 @@ class MethodConfig(_Config):
         description="Retry bottom-up outputs copied from their prompt (worked examples, placeholders, the "
         "input handed back). Off only for smoke runs with a tiny model that can do little else.",
     )
+    pin_first_subtask: bool = Field(
+        True,
+        description="The composition's JSON schema fixes the first sub-task to the atomic task (a const), "
+        "so the model writes only the new sub-tasks and the composite task (the parser keeps the atomic "
+        "task verbatim either way).",
+    )
+    plain_text: bool = Field(
+        False,
+        description="Send the bottom-up stages' JSON schemas as GBNF grammars whose free-text strings are "
+        "plain text: bounded words (maxLength/6), the first starting with a capital letter or a digit, none "
+        "of <>[]{}_\"\\ (see bottom_up/json_grammar.py). A small model can then not fill a field with "
+        "template placeholders, JSON fragments, snake_case tool names or a phrase repeated to max_tokens.",
+    )
     min_calls: int = Field(2, ge=1, description="Trajectory filter: minimum total function calls.")
     min_assistant_turns: int = Field(2, ge=1, description="Trajectory filter: minimum assistant turns.")
     sampling: StageSampling = StageSampling()
 
     @model_validator(mode="after")
     def _mix_positive(self) -> "MethodConfig":
+        for field in ("function_name_pattern", "parameter_name_pattern"):
+            pattern = getattr(self, field)
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{field} is not a regex: {exc}") from None
+            if not (pattern.startswith("^") and pattern.endswith("$")):
+                raise ValueError(f"{field} must be anchored (^...$)")
+        if self.min_functions_per_subtask > self.max_functions_per_subtask:
+            raise ValueError("min_functions_per_subtask exceeds max_functions_per_subtask")
         if not self.strategy_mix or sum(self.strategy_mix.values()) <= 0:
             raise ValueError("strategy_mix needs at least one strategy with a positive weight")
         if any(w < 0 for w in self.strategy_mix.values()):
@@ -205,7 +275,9 @@ class RuntimeConfig(_Config):
         True, description="Keep a trajectory's requests on one replica (prefix cache); else least-loaded."
     )
     progress_interval_s: float = Field(10.0, gt=0)
-    ray_address: str | None = Field(None, description="None: connect to RAY_ADDRESS or start locally.")
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join ('auto': the running one); None: RAY_ADDRESS, else a new local one."
+    )
 
 
 class OutputConfig(_Config):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -51,3 +53,23 @@ def test_shipped_configs_load():
     for path in sorted(pathlib.Path("configs").glob("*.yaml")):
         cfg = load_config(path)
         assert cfg.pools, path
+
+
+def test_method_patterns_and_function_counts_are_checked():
+    from button_ray.config import MethodConfig
+
+    with pytest.raises(ValidationError, match="anchored"):
+        MethodConfig(function_name_pattern="[a-z]+")
+    with pytest.raises(ValidationError, match="not a regex"):
+        MethodConfig(parameter_name_pattern="^([a-z]$")
+    with pytest.raises(ValidationError, match="min_functions_per_subtask"):
+        MethodConfig(min_functions_per_subtask=3, max_functions_per_subtask=2)
+
+
+def test_local_config_turns_the_small_model_aids_on():
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "local.yaml")
+    m = cfg.method
+    assert m.plain_text and m.plain_prose and m.steer_calls and m.function_names_from_subtask
+    assert m.min_functions_per_subtask >= 1 and m.user_openers
+    default = type(m)()
+    assert not (default.plain_text or default.plain_prose or default.steer_calls or default.user_openers)

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from button_ray.bottom_up.common import clean_text, copied_from_prompt, parse_json_as, run_item_step, word_count
+from button_ray.bottom_up.common import (
+    clean_text,
+    copied_from_prompt,
+    parse_json_as,
+    run_item_step,
+    text_schema,
+    word_count,
+)
 from button_ray.config import MethodConfig
 from button_ray.llm.contract import LLMClient, LLMResponse
 from button_ray.prompts import render
@@ -31,11 +38,11 @@ class AtomicTaskOutput(BaseModel):
     task: str = Field(min_length=1)
 
 
-def schema() -> dict:
-    """JSON schema of the atomic-task output."""
+def schema(max_words: int | None = None) -> dict:
+    """JSON schema of the atomic-task output (``max_words``: the plain-text grammar's bound)."""
     return {
         "type": "object",
-        "properties": {"task": {"type": "string", "minLength": 1, "maxLength": TASK_MAX_CHARS}},
+        "properties": {"task": text_schema(TASK_MAX_CHARS, max_words)},
         "required": ["task"],
         "additionalProperties": False,
     }
@@ -65,5 +72,11 @@ async def write_atomic_task(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -
     text = prompt(item.scenario.text, cfg)
     copy_check = text if cfg.reject_prompt_copies else None
     return await run_item_step(
-        item, STAGE, text, schema(), lambda r: parse(r, cfg.atomic_task_max_words, copy_check), llm, cfg
+        item,
+        STAGE,
+        text,
+        schema(cfg.atomic_task_max_words),
+        lambda r: parse(r, cfg.atomic_task_max_words, copy_check),
+        llm,
+        cfg,
     )

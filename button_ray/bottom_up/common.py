@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from button_ray.bottom_up.json_grammar import MAX_WORDS_KEY, schema_to_gbnf
 from button_ray.config import MethodConfig
 from button_ray.llm.contract import ChatMessage, LLMClient, LLMRequest, LLMResponse, OutputConstraint, Role
 from button_ray.records import WorkItem
@@ -96,17 +97,50 @@ def _prompt_units(prompt: str) -> set[str]:
     return {normalize(u) for u in units} - {""}
 
 
+#: A quoted prompt string of at least this many words found inside an output makes the
+#: output a copy, even with words added around it.
+MIN_CONTAINED_WORDS = 5
+
+
 def copied_from_prompt(text: str, prompt: str) -> bool:
     """Whether ``text`` was lifted from ``prompt``: it holds one of the prompt's
-    placeholders (``<subsequent task>``) or equals a quoted string or a line of it (a
-    worked example, or the input handed back instead of new content).
+    placeholders (``<subsequent task>``), equals a quoted string or a line of it (a
+    worked example, or the input handed back instead of new content), or contains a
+    whole quoted string of at least :data:`MIN_CONTAINED_WORDS` words (a worked example
+    with words added).
 
-    Equality, not containment: a new sub-task may well share words with the old ones.
-    Small models copy a lot, and a copy parses fine, so it needs its own check.
+    Equality for lines, not containment: a new sub-task may well share words with the
+    input, and a composite task restates it. Small models copy a lot, and a copy parses
+    fine, so it needs its own check.
     """
     if any(p in prompt for p in _PLACEHOLDER.findall(text)):
         return True
-    return normalize(text) in _prompt_units(prompt)
+    norm = normalize(text)
+    if norm in _prompt_units(prompt):
+        return True
+    padded = f" {norm} "
+    return any(
+        f" {q} " in padded for q in map(normalize, _QUOTED.findall(prompt)) if len(q.split()) >= MIN_CONTAINED_WORDS
+    )
+
+
+def text_schema(max_chars: int, max_words: int | None = None) -> dict[str, Any]:
+    """JSON schema of a bottom-up free-text field (a task, a sub-task, a description);
+    ``max_words`` is the word bound the plain-text grammar applies (see :mod:`.json_grammar`)."""
+    spec: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": max_chars}
+    if max_words is not None:
+        spec[MAX_WORDS_KEY] = max_words
+    return spec
+
+
+def output_constraint(schema: dict[str, Any], cfg: MethodConfig) -> OutputConstraint | None:
+    """The constraint sent for ``schema``: none without ``cfg.use_constraints``, the schema
+    itself, or with ``cfg.plain_text`` its GBNF translation (see :mod:`.json_grammar`)."""
+    if not cfg.use_constraints:
+        return None
+    if cfg.plain_text:
+        return OutputConstraint(kind="grammar", spec=schema_to_gbnf(schema))
+    return OutputConstraint(kind="json_schema", spec=schema)
 
 
 def make_request(
@@ -117,7 +151,7 @@ def make_request(
     cfg: MethodConfig,
     affinity_key: str | None = None,
 ) -> LLMRequest:
-    """One single-message request; the schema is attached only if ``cfg.use_constraints``.
+    """One single-message request constrained by ``schema`` (see :func:`output_constraint`).
 
     The seed is left unset: :func:`button_ray.steps.run_step` derives one per attempt.
     """
@@ -125,7 +159,7 @@ def make_request(
         role=role,
         messages=(ChatMessage(role="user", content=prompt),),
         sampling=cfg.sampling.for_role(role),
-        constraint=OutputConstraint(kind="json_schema", spec=schema) if cfg.use_constraints else None,
+        constraint=output_constraint(schema, cfg),
         affinity_key=affinity_key,
         request_id=request_id,
     )

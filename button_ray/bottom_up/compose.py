@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from button_ray.bottom_up.common import clean_text, copied_from_prompt, normalize, parse_json_as, run_item_step
+from button_ray.bottom_up.common import (
+    clean_text,
+    copied_from_prompt,
+    normalize,
+    parse_json_as,
+    run_item_step,
+    text_schema,
+)
 from button_ray.config import MethodConfig
 from button_ray.llm.contract import LLMClient, LLMResponse
 from button_ray.prompts import render
@@ -19,8 +26,8 @@ from button_ray.steps import ParseError
 
 STAGE = "composition"
 SUBTASK_COUNT: dict[Strategy, int] = {"sequential": 2, "parallel_then_sequential": 3}
-SUBTASK_MAX_CHARS = 300
-COMPOSITE_MAX_CHARS = 600
+SUBTASK_MAX_CHARS = 200
+COMPOSITE_MAX_CHARS = 400
 _SEED_SPACE = 16**15  # derive_seed draws 15 hex digits
 
 
@@ -48,19 +55,24 @@ def choose_strategy(item_id: str, mix: dict[str, float]) -> Strategy:
     return choices[-1][0]  # type: ignore[return-value]
 
 
-def schema(strategy: Strategy) -> dict:
-    """JSON schema of a composition with exactly the strategy's number of sub-tasks."""
+def schema(strategy: Strategy, atomic_task: str | None = None, subtask_max_words: int | None = None) -> dict:
+    """JSON schema of a composition with exactly the strategy's number of sub-tasks.
+
+    ``atomic_task`` given (``MethodConfig.pin_first_subtask``): the first sub-task is that
+    exact string (``prefixItems`` + ``const``), so the model writes only the new sub-tasks
+    and the composite task. ``subtask_max_words``: the plain-text grammar's bound on a new
+    sub-task (an atomic task too, so ``MethodConfig.atomic_task_max_words``).
+    """
     n = SUBTASK_COUNT[strategy]
+    new_subtask = text_schema(SUBTASK_MAX_CHARS, subtask_max_words)
+    subtasks: dict = {"type": "array", "items": new_subtask, "minItems": n, "maxItems": n}
+    if atomic_task is not None:
+        subtasks["prefixItems"] = [{"const": atomic_task}]
     return {
         "type": "object",
         "properties": {
-            "subtasks": {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1, "maxLength": SUBTASK_MAX_CHARS},
-                "minItems": n,
-                "maxItems": n,
-            },
-            "composite_task": {"type": "string", "minLength": 1, "maxLength": COMPOSITE_MAX_CHARS},
+            "subtasks": subtasks,
+            "composite_task": text_schema(COMPOSITE_MAX_CHARS),
         },
         "required": ["subtasks", "composite_task"],
         "additionalProperties": False,
@@ -111,5 +123,9 @@ async def write_composition(
     text = prompt(strategy, atomic_task)
     copy_check = text if cfg.reject_prompt_copies else None
     return await run_item_step(
-        item, STAGE, text, schema(strategy), lambda r: parse(r, strategy, atomic_task, copy_check), llm, cfg
+        item,
+        STAGE,
+        text,
+        schema(strategy, atomic_task if cfg.pin_first_subtask else None, cfg.atomic_task_max_words),
+        lambda r: parse(r, strategy, atomic_task, copy_check), llm, cfg
     )

@@ -7,7 +7,8 @@ one. Names are unique within the task and ``required`` is a subset of ``paramete
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import re
+from typing import Annotated, Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -24,8 +25,8 @@ NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,47}$"
 PARAM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,31}$"
 MAX_PARAMETERS = 6
 MAX_RESPONSES = 6
-DESCRIPTION_MAX_CHARS = 200
-FIELD_DESCRIPTION_MAX_CHARS = 120
+DESCRIPTION_MAX_CHARS = 150
+FIELD_DESCRIPTION_MAX_CHARS = 80
 JSON_TYPES = ("string", "integer", "number", "boolean", "array", "object")
 # Python spellings models use when no constraint holds them to JSON schema's.
 _TYPE_ALIASES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
@@ -89,27 +90,150 @@ def _field_schema() -> dict:
     }
 
 
-def schema(n_subtasks: int, max_per_subtask: int) -> dict:
-    """JSON schema: exactly ``n_subtasks`` lists of at most ``max_per_subtask`` functions."""
+# Words that say nothing about what a function does.
+_STOPWORDS = frozenset(
+    "the and for with from into onto that this these those then than what which who whom whose when "
+    "where how why are was were has have had its their there here about over under after before "
+    "between each every both some any all can could should would will shall may might must not only "
+    "also just very more most less least such own same other another one two three four five six "
+    "seven eight nine ten first second third next last new old per via upon our your his her him "
+    "them they you she its out off yes tell give make let get".split()
+)
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+#: Most content words of a sub-task offered for its function names (keeps the regex small).
+MAX_NAME_WORDS = 10
+#: Most object words in a function name built from a sub-task.
+NAME_DEPTH = 3
+
+
+def subtask_words(subtask: str, max_chars: int = 16) -> list[str]:
+    """Content words of ``subtask`` usable in a function name: lowercase, letters only, 3 to
+    ``max_chars`` long, no stop words, no proper nouns (a capitalised word that does not
+    open the sentence) and not the opening word (the imperative verb), in order of first
+    appearance, at most :data:`MAX_NAME_WORDS`."""
+    words: list[str] = []
+    for i, m in enumerate(_WORD.finditer(subtask)):
+        word = m.group(0)
+        if i == 0 or word[0].isupper():
+            continue
+        word = word.lower()
+        if 3 <= len(word) <= max_chars and word not in _STOPWORDS and word not in words:
+            words.append(word)
+    return words[:MAX_NAME_WORDS]
+
+
+def _chain(words: list[str], unique: set[str], start: int, depth: int, have: bool) -> str:
+    # Alternatives: 1..depth words of words[start:], in order, each at most once; a
+    # chain may end only once it holds a word of ``unique``.
+    options = []
+    for i in range(start, len(words)):
+        word, got = words[i], have or words[i] in unique
+        rest = _chain(words, unique, i + 1, depth - 1, got) if depth > 1 else ""
+        if got:
+            options.append(f"{word}(_{rest})?" if rest else word)
+        elif rest:
+            options.append(f"{word}_{rest}")
+    return "(" + "|".join(options) + ")" if options else ""
+
+
+def subtask_verb(subtask: str) -> str | None:
+    """The sub-task's opening word, lowercased, when it can be a function's verb (an
+    imperative such as "Find" or "Book": letters only, 2 to 12 long, not a stop word)."""
+    parts = subtask.split(maxsplit=1)
+    word = parts[0].rstrip(".,:;!?").lower() if parts else ""
+    if word.isascii() and word.isalpha() and 2 <= len(word) <= 12 and word not in _STOPWORDS | _NOT_VERBS:
+        return word
+    return None
+
+
+# Openings that are no verb: questions, pronouns, articles.
+_NOT_VERBS = frozenset("how what which who when where why is are do does can could would will the an my".split())
+
+
+def subtask_name_pattern(subtask: str, others: Sequence[str] = ()) -> str | None:
+    """Names for ``subtask``'s functions (``MethodConfig.function_names_from_subtask``).
+
+    The sub-task's own opening verb (:func:`subtask_verb`; any lowercase verb when it
+    has none), then 1 to :data:`NAME_DEPTH` of :func:`subtask_words` in their
+    order in the sub-task (so none repeats), at least one of them absent from every
+    sub-task in ``others`` when there is such a word (so names of different sub-tasks
+    cannot collide). None when the sub-task has no usable word (the caller falls back to
+    the general pattern).
+    """
+    words = subtask_words(subtask)
+    if not words:
+        return None
+    taken = {w for other in others for w in subtask_words(other)}
+    unique = {w for w in words if w not in taken} or set(words)
+    verb = subtask_verb(subtask) or "[a-z]{2,12}"
+    return rf"^{verb}_{_chain(words, unique, 0, NAME_DEPTH, False)}$"
+
+
+def name_patterns(subtasks: Sequence[str]) -> list[str | None]:
+    """:func:`subtask_name_pattern` for every sub-task against the others."""
+    return [subtask_name_pattern(s, [o for j, o in enumerate(subtasks) if j != i]) for i, s in enumerate(subtasks)]
+
+
+def schema(
+    n_subtasks: int,
+    max_per_subtask: int,
+    *,
+    min_per_subtask: int = 0,
+    name_pattern: str = NAME_PATTERN,
+    parameter_pattern: str = PARAM_NAME_PATTERN,
+    group_name_patterns: Sequence[str | None] | None = None,
+) -> dict:
+    """JSON schema: exactly ``n_subtasks`` lists of ``min_per_subtask`` to ``max_per_subtask``
+    functions, names matching ``name_pattern``, parameter and result names ``parameter_pattern``.
+
+    ``group_name_patterns`` (one per sub-task, None for ``name_pattern``) gives each group
+    its own name pattern, as ``prefixItems``.
+    """
+    if group_name_patterns is not None:
+        if len(group_name_patterns) != n_subtasks:
+            raise ValueError("one name pattern per sub-task")
+        groups = [
+            _group_schema(min_per_subtask, max_per_subtask, p or name_pattern, parameter_pattern)
+            for p in group_name_patterns
+        ]
+        array = {"type": "array", "prefixItems": groups, "minItems": n_subtasks, "maxItems": n_subtasks}
+    else:
+        array = {
+            "type": "array",
+            "items": _group_schema(min_per_subtask, max_per_subtask, name_pattern, parameter_pattern),
+            "minItems": n_subtasks,
+            "maxItems": n_subtasks,
+        }
+    return {
+        "type": "object",
+        "properties": {"functions": array},
+        "required": ["functions"],
+        "additionalProperties": False,
+    }
+
+
+def _group_schema(min_items: int, max_items: int, name_pattern: str, parameter_pattern: str) -> dict:
     function = {
         "type": "object",
         "properties": {
-            "name": {"type": "string", "pattern": NAME_PATTERN},
+            "name": {"type": "string", "pattern": name_pattern},
             "description": {"type": "string", "minLength": 1, "maxLength": DESCRIPTION_MAX_CHARS},
             "parameters": {
                 "type": "object",
-                "propertyNames": {"pattern": PARAM_NAME_PATTERN},
+                "propertyNames": {"pattern": parameter_pattern},
                 "additionalProperties": _field_schema(),
                 "maxProperties": MAX_PARAMETERS,
             },
             "required": {
                 "type": "array",
-                "items": {"type": "string", "pattern": PARAM_NAME_PATTERN},
+                "items": {"type": "string", "pattern": parameter_pattern},
                 "maxItems": MAX_PARAMETERS,
             },
             "responses": {
                 "type": "object",
-                "propertyNames": {"pattern": PARAM_NAME_PATTERN},
+                "propertyNames": {"pattern": parameter_pattern},
                 "additionalProperties": _field_schema(),
                 "minProperties": 1,
                 "maxProperties": MAX_RESPONSES,
@@ -118,19 +242,7 @@ def schema(n_subtasks: int, max_per_subtask: int) -> dict:
         "required": ["name", "description", "parameters", "required", "responses"],
         "additionalProperties": False,
     }
-    return {
-        "type": "object",
-        "properties": {
-            "functions": {
-                "type": "array",
-                "items": {"type": "array", "items": function, "maxItems": max_per_subtask},
-                "minItems": n_subtasks,
-                "maxItems": n_subtasks,
-            }
-        },
-        "required": ["functions"],
-        "additionalProperties": False,
-    }
+    return {"type": "array", "items": function, "minItems": min_items, "maxItems": max_items}
 
 
 def prompt(composition: Composition, cfg: MethodConfig) -> str:
@@ -159,14 +271,24 @@ def _to_def(fn: FunctionOutput) -> FunctionDef:
 
 
 def parse(
-    response: LLMResponse, n_subtasks: int, max_per_subtask: int, prompt_text: str | None
+    response: LLMResponse,
+    n_subtasks: int,
+    max_per_subtask: int,
+    prompt_text: str | None,
+    *,
+    min_per_subtask: int = 0,
+    name_pattern: str = NAME_PATTERN,
+    parameter_pattern: str = PARAM_NAME_PATTERN,
+    group_name_patterns: Sequence[str | None] | None = None,
 ) -> tuple[tuple[FunctionDef, ...], ...]:
     """Function groups, one per sub-task, checked against the BUTTON rules.
 
     Rule reasons, all retried (the output parsed but broke a rule): ``wrong_group_count``,
-    ``too_many_functions``, ``duplicate_function_name``, ``required_not_in_parameters``,
-    ``no_functions`` and ``copied_from_prompt`` (a description lifted from the worked
-    example or restating a sub-task; checked only when ``prompt_text`` is given).
+    ``too_many_functions``, ``too_few_functions`` (a group under ``min_per_subtask``),
+    ``duplicate_function_name``, ``required_not_in_parameters``, ``no_functions`` and
+    ``copied_from_prompt`` (a description lifted from the prompt or restating a sub-task;
+    checked only when ``prompt_text`` is given). A name off ``name_pattern`` or
+    ``parameter_pattern`` is ``schema_mismatch`` (the constraint forbids it).
     """
     groups = parse_json_as(FunctionsOutput, response.text).functions
     if len(groups) != n_subtasks:
@@ -178,6 +300,17 @@ def parse(
             raise ParseError(
                 "too_many_functions", f"sub-task {i}: {len(group)} > {max_per_subtask}", malformed=False
             )
+        if len(group) < min_per_subtask:
+            raise ParseError(
+                "too_few_functions", f"sub-task {i}: {len(group)} < {min_per_subtask}", malformed=False
+            )
+    for i, fn in ((i, fn) for i, group in enumerate(groups) for fn in group):
+        wanted = [name_pattern] + ([group_name_patterns[i]] if group_name_patterns and group_name_patterns[i] else [])
+        if not all(re.fullmatch(p, fn.name) for p in wanted):
+            raise ParseError("schema_mismatch", f"name {fn.name!r} does not match {wanted[-1]}")
+        for key in (*fn.parameters, *fn.responses, *fn.required):
+            if not re.fullmatch(parameter_pattern, key):
+                raise ParseError("schema_mismatch", f"{fn.name}: {key!r} does not match {parameter_pattern}")
     names = [fn.name for group in groups for fn in group]
     if not names:
         raise ParseError("no_functions", "no sub-task has a function", malformed=False)
@@ -199,12 +332,18 @@ async def generate_functions(
     n = len(composition.subtasks)
     text = prompt(composition, cfg)
     copy_check = text if cfg.reject_prompt_copies else None
+    rules = dict(
+        min_per_subtask=cfg.min_functions_per_subtask,
+        name_pattern=cfg.function_name_pattern,
+        parameter_pattern=cfg.parameter_name_pattern,
+        group_name_patterns=name_patterns(composition.subtasks) if cfg.function_names_from_subtask else None,
+    )
     return await run_item_step(
         item,
         STAGE,
         text,
-        schema(n, cfg.max_functions_per_subtask),
-        lambda r: parse(r, n, cfg.max_functions_per_subtask, copy_check),
+        schema(n, cfg.max_functions_per_subtask, **rules),
+        lambda r: parse(r, n, cfg.max_functions_per_subtask, copy_check, **rules),
         llm,
         cfg,
     )

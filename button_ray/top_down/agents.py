@@ -58,9 +58,10 @@ class TrajectoryContext:
     functions: tuple[FunctionDef, ...] = field(init=False)
     by_name: dict[str, FunctionDef] = field(init=False)
     assistant_system: str = field(init=False)
-    assistant_constraint: OutputConstraint | None = field(init=False)
     user_constraint: OutputConstraint | None = field(init=False)
+    first_user_constraint: OutputConstraint | None = field(init=False)
     _tool_constraints: dict[str, OutputConstraint] = field(init=False, default_factory=dict)
+    _assistant_constraints: dict[tuple, OutputConstraint] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.functions = self.bundle.flat_functions
@@ -72,22 +73,56 @@ class TrajectoryContext:
             subtasks=self.bundle.composition.subtasks,
             parallel=self.parallel,
         )
-        self.assistant_constraint = self.user_constraint = None
+        self.user_constraint = self.first_user_constraint = None
         if self.cfg.use_constraints:
-            self.assistant_constraint = OutputConstraint(
-                kind="grammar",
-                spec=assistant_grammar(
-                    self.functions,
-                    parallel=self.parallel,
-                    thought_max_chars=self.cfg.thought_max_chars,
-                    final_max_chars=self.cfg.message_max_chars,
-                    value_max_chars=self.cfg.value_max_chars,
-                    max_calls_per_turn=self.cfg.max_calls_per_turn,
-                ),
-            )
+            plain = self.cfg.plain_prose
             self.user_constraint = OutputConstraint(
-                kind="grammar", spec=user_message_grammar(self.cfg.message_max_chars)
+                kind="grammar", spec=user_message_grammar(self.cfg.message_max_chars, plain_prose=plain)
             )
+            self.first_user_constraint = self.user_constraint
+            if self.cfg.user_openers:
+                spec = user_message_grammar(self.cfg.message_max_chars, self.cfg.user_openers, plain)
+                self.first_user_constraint = OutputConstraint(kind="grammar", spec=spec)
+
+    def steer(self, called: frozenset[str], calls_made: int) -> "Steer":
+        """What the next assistant turn may do, given the names called so far and the
+        number of calls made (``MethodConfig.steer_calls``; without it: anything)."""
+        cfg = self.cfg
+        if not cfg.steer_calls:
+            return Steer(callable_names=None, allow_final=True, max_calls=cfg.max_calls_per_turn)
+        cap = cfg.steer_max_calls or len(self.functions)
+        remaining = tuple(f.name for f in self.functions if f.name not in called)
+        can_call = bool(remaining) and calls_made < cap
+        return Steer(
+            callable_names=remaining if can_call else (),
+            allow_final=calls_made >= cfg.min_calls or not can_call,
+            max_calls=max(1, min(cfg.max_calls_per_turn, cap - calls_made)),
+        )
+
+    def assistant_constraint_for(self, steer: "Steer") -> OutputConstraint | None:
+        """The assistant grammar for ``steer`` (one per distinct steer, built once)."""
+        if not self.cfg.use_constraints:
+            return None
+        key = (steer.callable_names, steer.allow_final, steer.max_calls)
+        if key not in self._assistant_constraints:
+            spec = assistant_grammar(
+                self.functions,
+                parallel=self.parallel,
+                thought_max_chars=self.cfg.thought_max_chars,
+                final_max_chars=self.cfg.message_max_chars,
+                value_max_chars=self.cfg.value_max_chars,
+                max_calls_per_turn=steer.max_calls,
+                callable_names=steer.callable_names,
+                allow_final=steer.allow_final,
+                plain_prose=self.cfg.plain_prose,
+            )
+            self._assistant_constraints[key] = OutputConstraint(kind="grammar", spec=spec)
+        return self._assistant_constraints[key]
+
+    @property
+    def assistant_constraint(self) -> OutputConstraint | None:
+        """The constraint of the first assistant turn (of every turn without steering)."""
+        return self.assistant_constraint_for(self.steer(frozenset(), 0))
 
     def tool_constraint(self, fn: FunctionDef) -> OutputConstraint | None:
         """The tool agent's constraint for ``fn`` (built once per function and trajectory)."""
@@ -112,6 +147,17 @@ class TrajectoryContext:
         )
 
 
+@dataclass(frozen=True)
+class Steer:
+    """What one assistant turn may do: call ``callable_names`` (None: any function, any
+    number of times; empty: nothing), at most ``max_calls`` per turn, and answer if
+    ``allow_final``."""
+
+    callable_names: tuple[str, ...] | None
+    allow_final: bool
+    max_calls: int
+
+
 # ------------------------------------------------------------------------- user agent
 
 
@@ -126,7 +172,8 @@ def user_request(ctx: TrajectoryContext, history: Sequence[ChatMessage], index: 
     ``history`` is the user agent's chat: the kickoff, then its own messages as
     ``assistant`` and the assistant agent's questions as ``user``.
     """
-    return ctx.request("user_agent", f"{ctx.item_id}/user/{index}", history, ctx.user_constraint)
+    constraint = ctx.first_user_constraint if index == 0 else ctx.user_constraint
+    return ctx.request("user_agent", f"{ctx.item_id}/user/{index}", history, constraint)
 
 
 def parse_user_message(text: str) -> str:
@@ -152,10 +199,14 @@ def results_message(content: str) -> ChatMessage:
     return ChatMessage(role="user", content=render(ASSISTANT_TEMPLATE, part="results", results=content))
 
 
-def assistant_request(ctx: TrajectoryContext, history: Sequence[ChatMessage], turn_index: int) -> LLMRequest:
-    """The assistant agent's ``turn_index``-th turn given its chat so far (system first)."""
+def assistant_request(
+    ctx: TrajectoryContext, history: Sequence[ChatMessage], turn_index: int, steer: Steer | None = None
+) -> LLMRequest:
+    """The assistant agent's ``turn_index``-th turn given its chat so far (system first),
+    constrained by ``steer`` (default: the first turn's)."""
+    steer = steer or ctx.steer(frozenset(), 0)
     return ctx.request(
-        "assistant_agent", f"{ctx.item_id}/assistant/{turn_index}", history, ctx.assistant_constraint
+        "assistant_agent", f"{ctx.item_id}/assistant/{turn_index}", history, ctx.assistant_constraint_for(steer)
     )
 
 
@@ -171,13 +222,14 @@ def _parse_calls(body: str) -> list[Any]:
     return raw
 
 
-def parse_assistant_turn(ctx: TrajectoryContext, text: str) -> Turn:
+def parse_assistant_turn(ctx: TrajectoryContext, text: str, steer: Steer | None = None) -> Turn:
     """An assistant turn: thought plus calls, thought plus final answer, or prose alone.
 
     Prose alone (neither tag) is a question to the user: the clarification path.
     Malformed text raises a malformed :class:`ParseError`; a well-formed turn that
-    breaks the method's rules (unknown function, wrong arguments, too many calls)
-    raises one with ``malformed=False``. Both are retried by ``run_step``.
+    breaks the method's rules (unknown function, wrong arguments, too many calls) or
+    ``steer`` (a function already called, a final answer too early) raises one with
+    ``malformed=False``. Both are retried by ``run_step``.
     """
     text = text.strip()
     if not text:
@@ -198,12 +250,15 @@ def parse_assistant_turn(ctx: TrajectoryContext, text: str) -> Turn:
             calls.append(ToolCall(name=raw["name"], arguments=raw["arguments"]))
         turn = Turn(role="assistant", thought=thought.strip(), calls=tuple(calls))
         _check_calls(ctx, turn)
+        _check_steer(turn, steer)
     elif FINAL_OPEN in text:
         thought, _, rest = text.partition(FINAL_OPEN)
         answer = rest.partition(FINAL_CLOSE)[0].strip()
         if not answer:
             raise ParseError("empty_final", text[:200])
         turn = Turn(role="assistant", thought=thought.strip(), final=answer)
+        if steer is not None and not steer.allow_final:
+            raise ParseError("final_too_early", answer[:200], malformed=False)
     else:
         turn = Turn(role="assistant", thought=text)
     if any(tag in part for tag in _TAGS for part in (turn.thought, turn.final or "")):
@@ -222,6 +277,18 @@ def _check_calls(ctx: TrajectoryContext, turn: Turn) -> None:
             raise ParseError(problem[0], problem[1], malformed=False)
         if any(tag in dump_json(call.arguments) for tag in _TAGS):
             raise ParseError("stray_tag", call.name)
+
+
+def _check_steer(turn: Turn, steer: Steer | None) -> None:
+    # The grammar enforces this; an engine that ignores constraints gets it checked here.
+    if steer is None or steer.callable_names is None:
+        return
+    names = [c.name for c in turn.calls]
+    if len(names) > steer.max_calls:
+        raise ParseError("too_many_calls", f"{len(names)} > {steer.max_calls}", malformed=False)
+    for name in names:
+        if name not in steer.callable_names or names.count(name) > 1:
+            raise ParseError("function_already_called", name, malformed=False)
 
 
 # ------------------------------------------------------------------------- tool agent

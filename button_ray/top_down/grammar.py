@@ -20,7 +20,8 @@ JSON schema ``maxLength`` the same, against ~0.04 s for bounded words. That is w
 tool result is a grammar rather than a JSON schema.
 
 One assistant grammar per trajectory, identical on every turn, so the engine compiles
-it once.
+it once; with steering (``MethodConfig.steer_calls``) one per distinct set of
+still-callable functions, each compiled in milliseconds.
 """
 
 from __future__ import annotations
@@ -43,6 +44,18 @@ _PROSE_RULES = rf"""
 word ::= [^<\x00-\x20]{{1,{PROSE_WORD_CHARS}}}
 sep ::= " " | "\n" | "\n\n"
 """
+#: Characters a *plain* prose word may not hold (``MethodConfig.plain_prose``): besides
+#: ``<``, the marks of code and JSON, so a thought or an answer cannot be a code block,
+#: a pasted call list or a JSON object.
+PLAIN_PROSE_FORBIDDEN = r"<>{}\[\]`\\_|"
+_PLAIN_PROSE_RULES = rf"""
+word ::= [^{PLAIN_PROSE_FORBIDDEN}\x00-\x20]{{1,{PROSE_WORD_CHARS}}}
+sep ::= " " | "\n" | "\n\n"
+"""
+
+
+def _prose_rules(plain: bool) -> str:
+    return (_PLAIN_PROSE_RULES if plain else _PROSE_RULES).strip()
 _JSON_RULES = rf"""
 jstr ::= "\"" (vword (" " vword){{0,%(v)d}})? "\""
 vword ::= [^"\\<\x00-\x20]{{1,{VALUE_WORD_CHARS}}}
@@ -131,27 +144,68 @@ def assistant_grammar(
     final_max_chars: int,
     value_max_chars: int,
     max_calls_per_turn: int,
+    callable_names: Sequence[str] | None = None,
+    allow_final: bool = True,
+    plain_prose: bool = False,
 ) -> str:
-    """The grammar of one assistant turn for this trajectory (see the module docstring)."""
-    extra_calls = max(0, max_calls_per_turn - 1) if parallel else 0
+    """The grammar of one assistant turn (see the module docstring).
+
+    ``callable_names`` None: any function, any number of times (``max_calls_per_turn``
+    calls per turn when ``parallel``). Given (steering, ``MethodConfig.steer_calls``): only
+    those functions, each at most once per turn, in function-list order, so a turn holds
+    distinct calls; empty: no call at all. ``allow_final`` False: no final answer. At
+    least one of the two must remain possible. ``plain_prose``: the thought and the final
+    answer hold none of :data:`PLAIN_PROSE_FORBIDDEN`.
+    """
+    steered = callable_names is not None
+    names = set(callable_names or ()) if steered else {f.name for f in functions}
+    allowed = [i for i, f in enumerate(functions) if f.name in names]
+    max_calls = max(1, max_calls_per_turn) if parallel else 1
+    if not allowed and not allow_final:
+        raise ValueError("a turn must allow a call or a final answer")
+    blocks = (["callblock"] if allowed else []) + (["finalblock"] if allow_final else [])
     lines = [
-        "root ::= thought (callblock | finalblock)",
+        f"root ::= thought ({' | '.join(blocks)})",
         f"thought ::= {_prose(thought_max_chars)}",
-        f'callblock ::= "<call>[" call (", " call){{0,{extra_calls}}} "]</call>"'
-        if extra_calls
-        else 'callblock ::= "<call>[" call "]</call>"',
-        f'finalblock ::= "<final>" {_prose(final_max_chars)} "</final>"',
-        "call ::= " + " | ".join(f"fn{i}" for i in range(len(functions))),
     ]
-    for i, fn in enumerate(functions):
+    if allow_final:
+        lines.append(f'finalblock ::= "<final>" {_prose(final_max_chars)} "</final>"')
+    if allowed and not steered:
+        extra = max_calls - 1
+        lines.append(
+            f'callblock ::= "<call>[" call (", " call){{0,{extra}}} "]</call>"'
+            if extra
+            else 'callblock ::= "<call>[" call "]</call>"'
+        )
+        lines.append("call ::= " + " | ".join(f"fn{i}" for i in allowed))
+    elif allowed:
+        # Distinct calls in list order: after fn i (with r more calls allowed) come
+        # only functions after i. One rule per (function, calls left).
+        lines.append('callblock ::= "<call>[" calls' + str(max_calls) + ' "]</call>"')
+        for left in range(1, max_calls + 1):
+            lines.append(f"calls{left} ::= " + " | ".join(f"fn{i} more{i}_{left - 1}" for i in allowed))
+            for i in allowed:
+                later = [j for j in allowed if j > i]
+                if left - 1 and later:
+                    alts = " | ".join(f"fn{j} more{j}_{left - 2}" for j in later)
+                    lines.append(f'more{i}_{left - 1} ::= ("" | ", " ({alts}))')
+                else:
+                    lines.append(f'more{i}_{left - 1} ::= ""')
+    for i in allowed:
+        fn = functions[i]
         head = gbnf_literal(f'{{"name": {dump_json(fn.name)}, "arguments": ')
         lines.append(f'fn{i} ::= {head} {_arguments_expr(fn)} "}}"')
-    return "\n".join(lines + [_PROSE_RULES.strip(), _json_rules(value_max_chars)]) + "\n"
+    return "\n".join(lines + [_prose_rules(plain_prose), _json_rules(value_max_chars)]) + "\n"
 
 
-def user_message_grammar(max_chars: int) -> str:
-    """The grammar of a user-agent message: bounded prose, no tags."""
-    return f"root ::= word (sep word){{0,{word_bound(max_chars)}}}\n{_PROSE_RULES.strip()}\n"
+def user_message_grammar(max_chars: int, openers: Sequence[str] = (), plain_prose: bool = False) -> str:
+    """The grammar of a user-agent message: bounded prose, no tags; with ``openers``, it
+    starts with one of them (each followed by a space, then the prose); ``plain_prose``
+    as in :func:`assistant_grammar`."""
+    body = f"word (sep word){{0,{word_bound(max_chars)}}}"
+    if openers:
+        body = "(" + " | ".join(gbnf_literal(o.strip() + " ") for o in openers) + ") " + body
+    return f"root ::= {body}\n{_prose_rules(plain_prose)}\n"
 
 
 def tool_result_grammar(fn: FunctionDef, value_max_chars: int) -> str:

@@ -3,7 +3,9 @@
 user message -> assistant turn -> (calls: every call's tool result, concurrently)
 -> assistant turn -> ... -> final answer. An assistant turn that neither calls nor
 answers is a question: the user agent replies (at most ``max_clarifications`` times).
-Identical calls (same name, same arguments) share one tool-agent result.
+Identical calls (same name, same arguments) share one tool-agent result. With
+``MethodConfig.steer_calls`` each turn's grammar offers only the functions not called
+yet, so no call repeats, and holds the final answer back until ``min_calls`` calls.
 
 One coroutine per trajectory, only ``await`` on the engine: thousands run in one
 event loop. Nothing here knows about Ray.
@@ -51,6 +53,8 @@ class _Simulation:
         self.results: dict[str, dict[str, Any]] = {}
         self.assistant_turns = 0
         self.clarifications = 0
+        self.called: set[str] = set()
+        self.calls_made = 0
 
     def _check_budget(self) -> None:
         usage = [self.item.usage_for(role) for role in ROLES]
@@ -86,12 +90,15 @@ class _Simulation:
             raise _Rejected("simulation", "turn_limit", f"{self.assistant_turns} assistant turns")
         index = self.assistant_turns
         history = list(self.assistant_chat)
+        steer = self.ctx.steer(frozenset(self.called), self.calls_made)
         turn: Turn = await self._step(
             "assistant_agent",
-            lambda attempt: agents.assistant_request(self.ctx, history, index),
-            lambda response: agents.parse_assistant_turn(self.ctx, response.text),
+            lambda attempt: agents.assistant_request(self.ctx, history, index, steer),
+            lambda response: agents.parse_assistant_turn(self.ctx, response.text, steer),
         )
         self.assistant_turns += 1
+        self.called.update(c.name for c in turn.calls)
+        self.calls_made += len(turn.calls)
         self.turns.append(turn)
         self.assistant_chat.append(ChatMessage(role="assistant", content=assistant_content(turn)))
         return turn
@@ -168,6 +175,11 @@ async def simulate(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> WorkIte
     item.parallel = choose_parallel(item.item_id, cfg.parallel_ratio)
     if not item.bundle.flat_functions:
         return item.reject("simulation", "no_functions", "the task bundle defines no function")
+    if cfg.steer_calls and len(item.bundle.flat_functions) < cfg.min_calls:
+        # Steering calls each function at most once: the filter's min_calls is out of reach.
+        return item.reject(
+            "simulation", "too_few_functions", f"{len(item.bundle.flat_functions)} < min_calls {cfg.min_calls}"
+        )
     ctx = agents.TrajectoryContext(item_id=item.item_id, bundle=item.bundle, parallel=item.parallel, cfg=cfg)
     sim = _Simulation(item, llm, ctx)
     try:

@@ -26,7 +26,7 @@ async def test_happy_path_request_shape(item, cfg) -> None:
     assert req.sampling.model_copy(update={"seed": None}) == cfg.sampling.atomic_task
     assert req.sampling.seed is not None
     assert req.constraint is not None and req.constraint.kind == "json_schema"
-    assert req.constraint.spec == atomic.schema()
+    assert req.constraint.spec == atomic.schema(cfg.atomic_task_max_words)
     assert "tracking a parcel" in req.messages[-1].content
     assert item.usage_for("atomic_task").calls == 1
     assert item.outcome == "pending"

@@ -59,18 +59,25 @@ def test_wrong_shape_is_schema_mismatch() -> None:
     assert "task" in exc.value.detail
 
 
-PROMPT = 'Example\n{"task": "Find a vegan lasagna recipe."}\nFirst task: Get the forecast for Oslo.\n1. Book a table.\n'
+PROMPT = (
+    'Example\n{"task": "Find a vegan lasagna recipe."}\n{"task": "Pay the gas bill of 40 dollars today."}\n'
+    "First task: Get the forecast for Oslo on Monday.\n1. Book a table.\n"
+)
 
 
 @pytest.mark.parametrize(
     ("text", "copied"),
     [
         ("Find a vegan lasagna recipe", True),  # a worked example's value
-        ("get the forecast for Oslo.", True),  # the input handed back (label stripped)
+        ("get the forecast for Oslo on Monday.", True),  # the input handed back (label stripped)
         ("Book a table", True),  # a numbered line
         ("<the task>", False),  # not a placeholder of this prompt
         ("Get the forecast", False),  # sharing words is not copying
         ("Book a table for two near the harbour.", False),
+        ("Please pay the gas bill of 40 dollars today twice.", True),  # a 5+ word example, padded
+        ("A vegan lasagna recipe for six.", False),  # part of an example, not all of it
+        ("Get the forecast for Oslo on Monday and pack.", False),  # restating the input is fine
+        ("Pay the gas bill of 40 dollars", False),  # part of an example, not all of it
     ],
 )
 def test_copied_from_prompt(text: str, copied: bool) -> None:

@@ -70,7 +70,7 @@ async def test_parallel_then_sequential_has_three_subtasks(item) -> None:
         (_out([ATOMIC, "b"], composite=" "), "schema_mismatch"),
         ('{"subtasks": ["a", "b"]}', "schema_mismatch"),
         ('{"subtasks": ["a", "b"], "composite_task": ', "bad_json"),
-        (_out([ATOMIC, "<subsequent task>"], composite="<composite task>"), "copied_from_prompt"),
+        (_out([ATOMIC, "Convert 250 US dollars to euros at that rate, please."]), "copied_from_prompt"),
         (_out([ATOMIC, "Convert 250 US dollars to euros at that rate."]), "copied_from_prompt"),
         (_out([ATOMIC, ATOMIC]), "copied_from_prompt"),
         (_out([ATOMIC, "Convert 250 USD."], composite=ATOMIC), "copied_from_prompt"),

@@ -83,7 +83,7 @@ def test_rule_violations_are_not_malformed(text: str, reason: str) -> None:
 
 def test_descriptions_copied_from_the_prompt_are_rejected() -> None:
     prompt = functions.prompt(COMPOSITION, MethodConfig())
-    copied = fn("search_trains", description="Find the cheapest train ticket between two cities on a date.")
+    copied = fn("search_trains", description="List the dates of upcoming moon phases.")
     with pytest.raises(ParseError) as exc:
         parse(out([copied], [fn("search_flights", description="Look up flights.")], []), prompt=prompt)
     assert exc.value.reason == "copied_from_prompt" and not exc.value.malformed
@@ -139,3 +139,62 @@ async def test_stage_rejects_after_retries(item) -> None:
     assert await functions.generate_functions(item, COMPOSITION, llm, cfg) is None
     assert (item.rejection.stage, item.rejection.reason) == ("functions", "no_functions")
     assert len(llm.requests) == 2
+
+
+def test_subtask_words_are_general_content_words() -> None:
+    words = functions.subtask_words("Find the delivery status of parcel 4471-882 sent from Berlin on 2 March.")
+    assert words == ["delivery", "status", "parcel", "sent"]  # no verb, stop word, number or name
+    assert functions.subtask_words("Tell which is cheaper.") == ["cheaper"]
+    assert functions.subtask_name_pattern("On 2 May.") is None
+    verbs = {"Book a table.": "book", "Convert 10 USD": "convert", "Tell me more.": None, "How many?": None,
+             "2. Check it": None, "Don't go": None, "The weather": None}  # fmt: skip
+    assert {t: functions.subtask_verb(t) for t in verbs} == verbs
+    rebooked = functions.name_patterns(["Find a hotel room.", "Book the hotel room."])
+    assert all(p.startswith(v) for p, v in zip(rebooked, ("^find_", "^book_")))  # no shared word, new verb
+
+
+def test_name_patterns_tie_names_to_their_subtask_without_collisions() -> None:
+    import re
+
+    first, second, third = functions.name_patterns(COMPOSITION.subtasks)
+    assert re.fullmatch(first, "find_train_ticket") and re.fullmatch(first, "find_price_train")
+    assert not re.fullmatch(first, "get_train_ticket")  # the sub-task's own verb ("Find ...")
+    assert not re.fullmatch(first, "find_ticket_train")  # words keep their order: no repeats
+    assert not re.fullmatch(first, "find_price")  # "price" is in sub-task 2 as well: not unique
+    assert not re.fullmatch(first, "find_moon_phases")  # words must come from the sub-task
+    assert re.fullmatch(second, "find_price_flight") and not re.fullmatch(second, "find_price")
+    assert re.fullmatch(third, "compare_cheaper")  # "Tell" is no verb to keep: any verb
+    # Each group's names hold a word no other sub-task has, so no name fits two groups.
+    for name in ("find_price", "find_price_train", "find_price_flight", "find_cheaper"):
+        assert sum(bool(re.fullmatch(p, name)) for p in (first, second, third)) <= 1
+
+
+async def test_stage_sends_the_configured_rules(item) -> None:
+    cfg = MethodConfig(
+        min_functions_per_subtask=1,
+        function_names_from_subtask=True,
+        function_name_pattern=r"^[a-z]{2,12}(_[a-z]{2,16}){1,3}$",
+        parameter_name_pattern=r"^[a-z]{2,16}(_[a-z]{2,16}){0,2}$",
+    )
+    good = out([fn("find_train_ticket")], [fn("find_price_flight")], [fn("compare_cheaper")])
+    off_pattern = out([fn("find_train_ticket")], [fn("find_price")], [fn("compare_cheaper")])
+    too_few = out([fn("find_train_ticket")], [fn("find_price_flight")], [])
+    llm = ScriptedLLM(scripted({"functions": [off_pattern, too_few, good]}))
+    groups = await functions.generate_functions(item, COMPOSITION, llm, cfg)
+    assert [f.name for g in groups for f in g] == ["find_train_ticket", "find_price_flight", "compare_cheaper"]
+    usage = item.usage_for("functions")
+    assert usage.calls == 3 and usage.unparseable == 1  # off the pattern is malformed, too few is a rule
+    spec = llm.requests[0].constraint.spec
+    groups_spec = spec["properties"]["functions"]["prefixItems"]
+    assert [g["minItems"] for g in groups_spec] == [1, 1, 1]
+    assert groups_spec[1]["items"]["properties"]["name"]["pattern"] == functions.name_patterns(COMPOSITION.subtasks)[1]
+
+
+def test_parse_checks_the_parameter_pattern() -> None:
+    text = out([fn("search", parameters={"Origin": {"type": "string", "description": "x"}}, required=[])], [], [])
+    with pytest.raises(ParseError) as exc:
+        functions.parse(
+            LLMResponse(text=text, finish_reason="stop", prompt_tokens=1, completion_tokens=1), 3, 3, None,
+            parameter_pattern=r"^[a-z]+$",
+        )  # fmt: skip
+    assert exc.value.reason == "schema_mismatch" and exc.value.malformed

@@ -47,7 +47,7 @@ def _atomic(prompt: str) -> dict:
 
 def _composition(prompt: str) -> dict:
     task = _last("First task:", prompt) or "Find a hotel in Lisbon for 3 June 2025."
-    if "exactly 3 sub-tasks" in prompt:
+    if "3 sub-tasks" in prompt:
         subtasks = [task, "Get the weather forecast for Lisbon on 3 June 2025.",
                     "Decide whether the option suits the forecast."]
         composite = f"{task.rstrip('.')}, check the Lisbon weather that day and tell me if it fits."
