@@ -42,10 +42,12 @@ def test_summary_funnel_and_progress(local_run):
     assert summary["totals"]["calls"] >= 8
     assert "[button-ray" in proc.stderr  # live progress lines
     assert "BUTTON funnel" in proc.stdout
-    # Constraints make most of the small model's output parseable (81% of assistant turns
-    # failed to parse without a bounded grammar). Issue 2's target is < 5%; measured here
-    # 12% on 4 scenarios with the landed prompts, so the test holds the line at 25%.
-    assert summary["unparseable_share"] < 0.25, summary["usage_by_role"]
+    # Constraints, not luck, make the small model's output parseable: issue 2's target is
+    # < 5% (measured 0.0% on 8 scenarios, benchmarks/FUNNEL.md).
+    assert summary["unparseable_share"] < 0.05, summary["usage_by_role"]
+    # The README's first command yields BUTTON data, not only a funnel (4 of these 8
+    # items were emitted in the measured run; one is the least that proves the method).
+    assert summary["emitted"] >= 1, summary["funnel"]
 
 
 def test_parquet_readable_and_every_record_valid(local_run):
@@ -53,6 +55,7 @@ def test_parquet_readable_and_every_record_valid(local_run):
     accepted = read_committed(str(out), "data")
     rejected = read_committed(str(out), "rejected")
     assert accepted.num_rows + rejected.num_rows == 8
+    assert accepted.num_rows >= 1
     for row in accepted.to_pylist():
         assert validate_button_record({"messages": row["messages"]}) == []
         assert row["engine_version"].startswith("vllm-")
