@@ -249,7 +249,12 @@ class PoolConfig(_Config):
     max_inflight: int = Field(
         128, ge=1, description="Admission bound: requests in flight per replica (queue full, not unbounded)."
     )
-    request_timeout_s: float = Field(600, gt=0, description="Per-request deadline (hung engine).")
+    request_timeout_s: float = Field(
+        600,
+        gt=0,
+        description="Per-request deadline. Past it, a request is retried elsewhere only if its replica "
+        "completed no request during a further progress window (a hung engine, not a busy one).",
+    )
     engine: EngineConfig = EngineConfig()
     engine_class: str = Field(
         "button_ray.llm.vllm_engine:VLLMEngine",

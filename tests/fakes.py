@@ -59,6 +59,8 @@ class OracleEngine:
     travels to the Ray workers with the config, unlike a driver-side monkeypatch):
 
     - ``latency_s``: sleep per request (simulates engine time);
+    - ``latency_by_request``: {request id: seconds} overriding ``latency_s`` (a slow or
+      hung request among normal ones);
     - ``garbage``: answer every request with unparseable text;
     - ``fail_start``: the engine never starts (constructor-time failure);
     - ``die_after``: after that many requests in one process, report a dead engine;
@@ -99,7 +101,8 @@ class OracleEngine:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self._trace("start", request)
         try:
-            await asyncio.sleep(float(self.extra.get("latency_s", 0.0)))
+            latency = self.extra.get("latency_by_request", {}).get(request.request_id, self.extra.get("latency_s", 0.0))
+            await asyncio.sleep(float(latency))
         finally:
             self.in_flight -= 1
         text = self._answer(request)

@@ -10,8 +10,13 @@ no central bottleneck):
   (ties broken by a per-client rotation, so many clients do not pile onto replica 0).
 
 A replica that dies mid-request (actor error, or its engine reported dead) is skipped
-and the request goes to another replica; Ray restarts the dead one. A request that
-exceeds its deadline is cancelled and retried once elsewhere, then fails the record.
+and the request goes to another replica; Ray restarts the dead one.
+
+Deadlines tell a hung engine from a busy one: past ``request_timeout_s`` a request is
+given up only if its replica completed no request at all during a further progress
+window. A slow engine with a deep queue (a CPU, a saturated GPU) keeps its requests;
+a replica that serves nothing has its request cancelled and retried once elsewhere,
+and a second such timeout stops the job (:class:`LLMUnavailableError`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from button_ray.llm.contract import LLMRequest, LLMRequestError, LLMResponse, Re
 log = logging.getLogger(__name__)
 
 _AFFINITY_CAPACITY = 100_000
+#: Past the deadline, how long a replica gets to show progress (complete any request).
+_PROGRESS_WINDOW_S = 60.0
 
 
 class LLMUnavailableError(RuntimeError):
@@ -93,7 +100,7 @@ class PoolClient:
             pool.outstanding[idx] += 1
             ref = pool.handles[idx].generate.remote(request)
             try:
-                return await asyncio.wait_for(ref, timeout=pool.config.request_timeout_s)
+                return await self._wait(pool.handles[idx], ref, pool.config.request_timeout_s)
             except LLMRequestError:
                 raise
             except (asyncio.TimeoutError, GetTimeoutError) as exc:
@@ -101,7 +108,8 @@ class PoolClient:
                 self.timeouts += 1
                 if timed_out:
                     raise LLMUnavailableError(
-                        f"request {request.request_id} exceeded {pool.config.request_timeout_s}s twice"
+                        f"request {request.request_id} exceeded {pool.config.request_timeout_s}s twice "
+                        "on replicas that completed no request meanwhile (hung engines)"
                     ) from exc
                 timed_out, last_error = True, exc
             except (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaFatalError) as exc:
@@ -122,3 +130,31 @@ class PoolClient:
             f"request {request.request_id}: no replica of pool {pool.config.name!r} answered "
             f"after {self.max_failovers + 1} attempts: {last_error!r}"
         )
+
+    async def _wait(self, handle: Any, ref: Any, timeout: float) -> LLMResponse:
+        """Await ``ref``; past ``timeout``, wait on while ``handle`` keeps completing requests."""
+        fut = asyncio.wrap_future(ref.future())
+        window = min(timeout, _PROGRESS_WINDOW_S)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            pass
+        served = await _served(handle)
+        while served is not None:
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), window)
+            except asyncio.TimeoutError:
+                now = await _served(handle)
+                if now is None or now <= served:
+                    break
+                served = now
+        fut.cancel()
+        raise asyncio.TimeoutError
+
+
+async def _served(handle: Any) -> int | None:
+    """Requests the replica has completed (None: it does not answer)."""
+    try:
+        return (await asyncio.wait_for(handle.metrics.remote(), timeout=_PROGRESS_WINDOW_S / 2))["served"]
+    except Exception:  # noqa: BLE001 - a replica that cannot report is treated as hung
+        return None

@@ -73,6 +73,7 @@ class LLMReplica:
         self.served += 1
         return response
 
+    @ray.method(concurrency_group="control")
     async def metrics(self) -> dict[str, Any]:
         """Engine counters, requests in flight now, and this process's identity (pid changes on restart)."""
         return {**self.engine.metrics(), "served": self.served, "in_flight": self.in_flight,
@@ -81,7 +82,9 @@ class LLMReplica:
 
 def start_replicas(pool: PoolConfig, name_prefix: str | None = None) -> list[Any]:
     """Create ``pool.replicas`` actors (not yet ready: call ``ready`` on each)."""
-    cls = ray.remote(LLMReplica)
+    # metrics() answers even when max_inflight requests fill the default group: the
+    # pool client asks it whether a replica past a deadline is busy or hung.
+    cls = ray.remote(concurrency_groups={"control": 2})(LLMReplica)
     handles = []
     for i in range(pool.replicas):
         options: dict[str, Any] = {

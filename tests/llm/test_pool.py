@@ -81,3 +81,49 @@ def test_dead_engine_replica_is_replaced_and_request_retried(ray_local):
     assert {m["pid"] for m in after} != {i["pid"] for i in infos}, "no replica process was replaced"
     for h in handles:
         ray_local.kill(h, no_restart=True)
+
+
+def test_a_busy_replica_keeps_a_request_past_its_deadline(ray_local, monkeypatch):
+    """Past the deadline, a replica that keeps completing other requests is slow, not hung."""
+    from button_ray.llm import pool as pool_mod
+
+    monkeypatch.setattr(pool_mod, "_PROGRESS_WINDOW_S", 1.0)
+    pool = PoolConfig(replicas=1, num_cpus=0.1, engine_class="tests.fakes:EchoEngine", request_timeout_s=1.0,
+                      engine=EngineConfig(extra={"latency_s": 0.1, "latency_by_request": {"r0": 4.0}}))
+    handles = start_replicas(pool)
+    ray_local.get([h.ready.remote() for h in handles])
+    client = PoolClient({"main": (pool, handles)})
+
+    async def others():
+        for i in range(1, 60):  # ~6 s of other requests completing meanwhile
+            await client.generate(_req(i, None))
+
+    async def main():
+        slow, _ = await asyncio.gather(client.generate(_req(0, None)), others())
+        return slow
+
+    assert asyncio.run(main()).text == "r0"
+    assert client.timeouts == 0
+    assert ray_local.get(handles[0].metrics.remote())["requests"] == 60  # r0 was sent once
+    ray_local.kill(handles[0], no_restart=True)
+
+
+def test_a_hung_replica_times_out_and_the_job_stops(ray_local, monkeypatch):
+    """A request on replicas that complete nothing is retried once elsewhere, then stops the job."""
+    from button_ray.llm import pool as pool_mod
+    from button_ray.llm.pool import LLMUnavailableError
+
+    monkeypatch.setattr(pool_mod, "_PROGRESS_WINDOW_S", 1.0)
+    pool = PoolConfig(replicas=2, num_cpus=0.1, engine_class="tests.fakes:EchoEngine", request_timeout_s=1.0,
+                      engine=EngineConfig(extra={"latency_by_request": {"r0": 3600.0}}))
+    handles = start_replicas(pool)
+    ray_local.get([h.ready.remote() for h in handles])
+    client = PoolClient({"main": (pool, handles)})
+    with pytest.raises(LLMUnavailableError, match="hung engines"):
+        asyncio.run(client.generate(_req(0, None)))
+    assert client.timeouts == 2
+    # One attempt on each replica, each cancelled.
+    assert [ray_local.get(h.metrics.remote())["requests"] for h in handles] == [1, 1]
+    assert [ray_local.get(h.metrics.remote())["in_flight"] for h in handles] == [0, 0]
+    for h in handles:
+        ray_local.kill(h, no_restart=True)
