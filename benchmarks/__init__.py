@@ -1,0 +1,1 @@
+"""Benchmarks of button_ray: each module is a script, see benchmarks/README.md."""

@@ -1,0 +1,117 @@
+"""Prefix affinity: two replicas, trajectory-affine routing vs least-loaded routing.
+
+The same items run twice through the full pipeline on a pool of two replicas:
+``runtime.affinity_routing=true`` (every request of a trajectory goes to the replica
+that served its first one, so its growing chat history is in that replica's prefix
+cache) and ``false`` (each request goes to the replica with the fewest outstanding
+requests). Reported per run, from vLLM's own scheduler stats (prefix-cache queries and
+hits, in tokens, summed over both replicas): the prefix-cache hit rate; and, from the
+requests the engines served (:mod:`benchmarks.recording_engine`, engine start-up
+excluded): completion tokens/s and prompt+completion tokens/s.
+
+Run here: ``.venv/bin/python -m benchmarks.bench_affinity`` (configs/local.yaml with 2
+replicas, 8 scenarios). On a GPU cluster: ``--config configs/cluster-8b.yaml
+--replicas 8 --scenarios 512``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from benchmarks.common import REPO, now, table, write_result
+from benchmarks.recording_engine import RECORD_DIR_ENV
+from button_ray.config import RunConfig, load_config
+from button_ray.pipeline import run_generate
+
+
+def _config(cfg: RunConfig, replicas: int, affinity: bool, output: str) -> RunConfig:
+    pools = tuple(p.model_copy(update={"replicas": replicas,
+                                       "engine_class": "benchmarks.recording_engine:RecordingVLLMEngine"})
+                  for p in cfg.pools)
+    return cfg.model_copy(update={
+        "pools": pools,
+        "runtime": cfg.runtime.model_copy(update={"affinity_routing": affinity}),
+        "output": cfg.output.model_copy(update={"uri": output}),
+    })
+
+
+def _run(cfg: RunConfig, scenarios: int, record_dir: Path) -> dict[str, Any]:
+    for old in record_dir.glob("*.jsonl"):
+        old.unlink()
+    summary = run_generate(cfg, limit=scenarios)
+    records = [json.loads(line) for path in record_dir.glob("*.jsonl")
+               for line in path.read_text().splitlines() if line.strip()]
+    wall = max(r["end"] for r in records) - min(r["start"] for r in records)
+    completion = sum(r["completion_tokens"] for r in records)
+    prompt = sum(len(r["prompt_token_ids"]) for r in records)
+    metrics = [m for ms in summary["replicas"].values() for m in ms]
+    queries = sum(m["prefix_cache_queries"] for m in metrics)
+    hits = sum(m["prefix_cache_hits"] for m in metrics)
+    return {
+        "requests": len(records),
+        "requests_per_replica": [m["served"] for m in metrics],
+        "wall_s": wall,
+        "completion_tokens": completion,
+        "prompt_tokens": prompt,
+        "completion_tokens_per_s": completion / wall,
+        "tokens_per_s": (completion + prompt) / wall,
+        "prefix_cache_queries": queries,
+        "prefix_cache_hits": hits,
+        "prefix_cache_hit_rate": hits / queries if queries else None,
+        "items": summary["items"],
+        "emitted": summary["emitted"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "local.yaml"))
+    parser.add_argument("--scenarios", type=int, default=8)
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override a.b=c")
+    args = parser.parse_args()
+    started = now()
+    cfg = load_config(args.config, args.overrides)
+    work = Path(tempfile.mkdtemp(prefix="bench_affinity_"))
+    record_dir = work / "requests"
+    record_dir.mkdir()
+    env = {RECORD_DIR_ENV: str(record_dir), "PYTHONPATH": str(REPO)}
+    os.environ.update(env)
+    address = cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+    # A local cluster must fit the replicas' reserved CPUs even on a 2-core machine
+    # (the reservations are bookkeeping; the engines share the cores either way).
+    needed = sum(p.num_cpus for p in cfg.pools) * args.replicas + 2
+    init_kwargs = {"num_cpus": max(os.cpu_count() or 1, int(needed + 0.999))} if address == "local" else {}
+    ray.init(address=address, runtime_env={"env_vars": env}, logging_level="WARNING", **init_kwargs)
+
+    runs = {}
+    for name, affinity in (("affinity", True), ("least_loaded", False)):
+        print(f"[bench_affinity] {name}: {args.scenarios} scenarios on {args.replicas} replicas ...", flush=True)
+        runs[name] = _run(_config(cfg, args.replicas, affinity, str(work / name)), args.scenarios, record_dir)
+    ray.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
+
+    print(table(["routing", "requests", "per replica", "wall s", "compl tok/s", "prompt+compl tok/s",
+                 "prefix hit rate"],
+                [[n, r["requests"], "/".join(map(str, r["requests_per_replica"])), r["wall_s"],
+                  r["completion_tokens_per_s"], r["tokens_per_s"], r["prefix_cache_hit_rate"]]
+                 for n, r in runs.items()]))
+    a, b = runs["affinity"], runs["least_loaded"]
+    print(f"affinity / least-loaded: hit rate {a['prefix_cache_hit_rate']:.3f} vs "
+          f"{b['prefix_cache_hit_rate']:.3f}, completion tok/s x{a['completion_tokens_per_s'] / b['completion_tokens_per_s']:.2f}")
+    path = write_result("bench_affinity", {"config": args.config, "scenarios": args.scenarios,
+                                           "replicas": args.replicas, "overrides": args.overrides},
+                        runs, started)
+    print(f"[bench_affinity] wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""A vLLM engine that logs every request it serves, for the ceiling benchmark.
+
+It is the production :class:`~button_ray.llm.vllm_engine.VLLMEngine` plus one JSON line
+per served request (prompt token ids, sampling, completion length, start and end wall
+times) in ``$BUTTON_RAY_RECORD_DIR/<pid>.jsonl``. The benchmark puts it behind the real
+replica actor through ``PoolConfig.engine_class``; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from button_ray.llm.contract import LLMRequest, LLMResponse
+from button_ray.llm.vllm_engine import VLLMEngine
+
+RECORD_DIR_ENV = "BUTTON_RAY_RECORD_DIR"
+
+
+class RecordingVLLMEngine(VLLMEngine):
+    """:class:`VLLMEngine` that appends each served request to a JSON Lines log."""
+
+    async def generate(self, request: LLMRequest) -> LLMResponse:
+        start = time.time()
+        response = await super().generate(request)
+        end = time.time()
+        s = request.sampling
+        record = {
+            "request_id": request.request_id,
+            "role": request.role,
+            # Tokenised again here (cheap next to generation) so the engine stays untouched.
+            "prompt_token_ids": self._prompt_token_ids(request),
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "seed": s.seed,
+            "max_tokens": s.max_tokens,
+            "constraint": request.constraint.kind if request.constraint else None,
+            "completion_tokens": response.completion_tokens,
+            "finish_reason": response.finish_reason,
+            "start": start,
+            "end": end,
+        }
+        path = Path(os.environ[RECORD_DIR_ENV]) / f"{os.getpid()}.jsonl"
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        return response
