@@ -193,6 +193,13 @@ def _start_pools(cfg: RunConfig) -> tuple[dict[str, tuple[PoolConfig, list[Any]]
     return pools, infos
 
 
+def _engine_activity(pools: dict[str, tuple[PoolConfig, list[Any]]]) -> str:
+    """Requests served and in flight over all replicas, for the progress line."""
+    metrics = ray.get([h.metrics.remote() for _, handles in pools.values() for h in handles], timeout=5)
+    return (f"engines: {sum(m['served'] for m in metrics)} requests served, "
+            f"{sum(m['in_flight'] for m in metrics)} in flight")
+
+
 def _stop_pools(pools: dict[str, tuple[PoolConfig, list[Any]]]) -> None:
     for _, handles in pools.values():
         for h in handles:
@@ -232,6 +239,8 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
 
     if pending:
         pools, infos = _start_pools(cfg)
+        progress.probe = lambda: _engine_activity(pools)
+        progress.start_heartbeat()
         try:
             sink.lineage = {
                 "config_fingerprint": fingerprint,
@@ -245,6 +254,7 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
             replica_metrics = {name: ray.get([h.metrics.remote() for h in handles])
                                for name, (_, handles) in pools.items()}
         finally:
+            progress.stop_heartbeat()
             # The engines end with the job, also when it fails (e.g. storage gone).
             _stop_pools(pools)
     else:

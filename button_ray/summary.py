@@ -7,9 +7,10 @@ the run ``items = emitted + rejected + failed``; :func:`funnel` checks both.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import Counter
-from typing import Any, Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 from button_ray.llm.contract import ROLES
 from button_ray.records import WorkItem
@@ -131,32 +132,63 @@ def build_summary(stats: dict[str, Any], wall_time_s: float, attempt_stats: dict
 
 
 class Progress:
-    """One plain log line every ``interval`` seconds: quiet enough for job logs."""
+    """One plain log line every ``interval`` seconds: quiet enough for job logs.
 
-    def __init__(self, total_items: int, interval: float, out: TextIO = sys.stderr) -> None:
+    Lines come from finished items (:meth:`update`) and, between them, from a heartbeat
+    thread (:meth:`start_heartbeat`): on a slow engine the first items take minutes, and
+    a silent job looks hung. ``probe`` adds live engine activity (e.g. requests in
+    flight) to each line; it must be quick and may fail (the line is printed without it).
+    """
+
+    def __init__(self, total_items: int, interval: float, out: TextIO = sys.stderr,
+                 probe: Callable[[], str] | None = None) -> None:
         self.total = total_items
         self.interval = interval
         self.out = out
+        self.probe = probe
         self.start = time.monotonic()
         self._last = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self.stats = new_stats()
 
     def update(self, item: WorkItem, force: bool = False) -> None:
-        add_item(self.stats, item)
+        with self._lock:
+            add_item(self.stats, item)
         self.maybe_print(force)
 
     def maybe_print(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last < self.interval:
-            return
-        self._last = now
-        s, t = self.stats, totals(self.stats)
-        elapsed = now - self.start
-        rejected = sum(sum(r.values()) for r in s["rejected"].values())
-        print(
-            f"[button-ray {elapsed:6.0f}s] items {s['items']}/{self.total} | emitted {s['emitted']} "
-            f"rejected {rejected} failed {s['failed']} | LLM calls {t['calls']} | "
-            f"{t['completion_tokens'] / max(elapsed, 1e-9):.1f} completion tok/s",
-            file=self.out,
-            flush=True,
-        )
+        with self._lock:
+            if not force and now - self._last < self.interval:
+                return
+            self._last = now
+            s, t = self.stats, totals(self.stats)
+            rejected = sum(sum(r.values()) for r in s["rejected"].values())
+            elapsed = now - self.start
+            line = (
+                f"[button-ray {elapsed:6.0f}s] items {s['items']}/{self.total} | emitted {s['emitted']} "
+                f"rejected {rejected} failed {s['failed']} | LLM calls {t['calls']} | "
+                f"{t['completion_tokens'] / max(elapsed, 1e-9):.1f} completion tok/s"
+            )
+        if self.probe is not None:
+            try:
+                line += f" | {self.probe()}"
+            except Exception:  # noqa: BLE001 - progress must never fail the job
+                pass
+        print(line, file=self.out, flush=True)
+
+    def start_heartbeat(self) -> None:
+        """Print at least every ``interval`` seconds until :meth:`stop_heartbeat`."""
+        def beat() -> None:
+            while not self._stop.wait(self.interval / 2):
+                self.maybe_print()
+
+        self._thread = threading.Thread(target=beat, name="button-ray-progress", daemon=True)
+        self._thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

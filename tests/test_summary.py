@@ -41,3 +41,32 @@ def test_funnel_detects_lost_items():
     stats["items"] += 1  # an item that never reached an outcome
     with pytest.raises(AssertionError, match="does not add up"):
         summary.funnel(stats)
+
+
+def test_progress_heartbeat_prints_while_no_item_finishes():
+    import io
+    import time
+
+    out = io.StringIO()
+    progress = summary.Progress(total_items=5, interval=0.05, out=out, probe=lambda: "engines: 3 in flight")
+    progress.start_heartbeat()
+    time.sleep(0.3)
+    progress.stop_heartbeat()
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 3
+    assert all("items 0/5" in line and line.endswith("engines: 3 in flight") for line in lines)
+    stopped = len(lines)
+    time.sleep(0.15)
+    assert len(out.getvalue().splitlines()) == stopped
+
+
+def test_progress_line_survives_a_failing_probe():
+    import io
+
+    def probe():
+        raise TimeoutError("replica busy")
+
+    out = io.StringIO()
+    progress = summary.Progress(total_items=1, interval=60, out=out, probe=probe)
+    progress.update(_item(0, "emitted"), force=True)
+    assert "items 1/1 | emitted 1" in out.getvalue()
