@@ -152,6 +152,10 @@ def main() -> None:
         "errors": summary["errors"],
     }
 
+    config = {"config": args.config, "scenarios": args.scenarios, "overrides": args.overrides,
+              "run_config": cfg.model_dump(mode="json")}
+    # Run (a) alone is already a result (the funnel, the pipeline's rates): keep it if (b) dies.
+    write_result("bench_ceiling", config, {"pipeline": pipeline, "ceiling": None}, started)
     print(f"[bench_ceiling] (b) ceiling: replaying {len(records)} requests as one batch ...", flush=True)
     pool = cfg.pools[0]
     actor = ray.remote(CeilingReplayer).options(num_cpus=pool.num_cpus, num_gpus=pool.num_gpus).remote(pool)
@@ -189,8 +193,7 @@ def main() -> None:
           f"{pipeline['accepted_per_hour']:.0f} accepted/h, {pipeline['items_per_hour']:.0f} items/h")
     path = write_result(
         "bench_ceiling",
-        {"config": args.config, "scenarios": args.scenarios, "overrides": args.overrides,
-         "run_config": cfg.model_dump(mode="json")},
+        config,
         {"pipeline": pipeline, "ceiling": ceiling, "ratio_completion_tokens_per_s": ratio,
          "ratio_tokens_per_s": ratio_all},
         started,
