@@ -42,9 +42,11 @@ def test_summary_funnel_and_progress(local_run):
     assert summary["totals"]["calls"] >= 8
     assert "[button-ray" in proc.stderr  # live progress lines
     assert "BUTTON funnel" in proc.stdout
-    # Constraints, not luck, make the small model's output parseable: issue 2's target is
-    # < 5% (measured: 0 of 153 calls on 8 scenarios, 2.5% on 50, benchmarks/FUNNEL.md).
-    assert summary["unparseable_share"] < 0.05, summary["usage_by_role"]
+    # Constraints, not luck, make the small model's output parseable. Issue 2's target,
+    # < 5%, is measured on 50 scenarios (2.5% of 520 calls, benchmarks/FUNNEL.md); this
+    # run makes ~80 calls, where 2.5% on average still gives 4+ failures one run in
+    # seven, so the test holds 10% (without the grammars it was 81% of assistant turns).
+    assert summary["unparseable_share"] < 0.10, summary["usage_by_role"]
     # The README's first command yields BUTTON data, not only a funnel (4 of these 8
     # items were emitted in the measured run; one is the least that proves the method).
     assert summary["emitted"] >= 1, summary["funnel"]
