@@ -17,7 +17,6 @@ replicas, 8 scenarios). On a GPU cluster: ``--config configs/cluster-8b.yaml
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -27,7 +26,7 @@ from typing import Any
 import ray
 
 from benchmarks.common import REPO, now, table, write_result
-from benchmarks.recording_engine import RECORD_DIR_ENV
+from benchmarks.recording_engine import RECORD_DIR_ENV, load_records
 from button_ray.config import RunConfig, load_config
 from button_ray.pipeline import run_generate
 
@@ -47,8 +46,7 @@ def _run(cfg: RunConfig, scenarios: int, record_dir: Path) -> dict[str, Any]:
     for old in record_dir.glob("*.jsonl"):
         old.unlink()
     summary = run_generate(cfg, limit=scenarios)
-    records = [json.loads(line) for path in record_dir.glob("*.jsonl")
-               for line in path.read_text().splitlines() if line.strip()]
+    records = load_records(record_dir)
     wall = max(r["end"] for r in records) - min(r["start"] for r in records)
     completion = sum(r["completion_tokens"] for r in records)
     prompt = sum(len(r["prompt_token_ids"]) for r in records)

@@ -39,7 +39,7 @@ from typing import Any
 import ray
 
 from benchmarks.common import REPO, now, table, write_result
-from benchmarks.recording_engine import RECORD_DIR_ENV
+from benchmarks.recording_engine import RECORD_DIR_ENV, load_records
 from button_ray.config import PoolConfig, RunConfig, load_config
 from button_ray.pipeline import run_generate
 
@@ -94,13 +94,6 @@ def _bench_config(cfg: RunConfig, output: str) -> RunConfig:
                                   "output": cfg.output.model_copy(update={"uri": output})})
 
 
-def _load_records(record_dir: Path) -> list[dict[str, Any]]:
-    records = []
-    for path in sorted(record_dir.glob("*.jsonl")):
-        records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return sorted(records, key=lambda r: r["start"])
-
-
 def _rates(completion: int, prompt: int, wall: float) -> dict[str, float]:
     return {"completion_tokens_per_s": completion / wall, "tokens_per_s": (completion + prompt) / wall}
 
@@ -126,7 +119,7 @@ def main() -> None:
 
     print(f"[bench_ceiling] (a) pipeline on {args.scenarios} scenarios ...", flush=True)
     summary = run_generate(_bench_config(cfg, str(work / "out")), limit=args.scenarios)
-    records = _load_records(record_dir)
+    records = load_records(record_dir)
     if not records:
         raise SystemExit("the pipeline served no request; nothing to compare")
     p_wall = max(r["end"] for r in records) - min(r["start"] for r in records)

@@ -12,6 +12,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from button_ray.llm.contract import LLMRequest, LLMResponse
 from button_ray.llm.vllm_engine import VLLMEngine
@@ -46,3 +47,10 @@ class RecordingVLLMEngine(VLLMEngine):
         with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         return response
+
+
+def load_records(record_dir: Path) -> list[dict[str, Any]]:
+    """Every request logged under ``record_dir``, by start time."""
+    records = [json.loads(line) for path in sorted(record_dir.glob("*.jsonl"))
+               for line in path.read_text().splitlines() if line.strip()]
+    return sorted(records, key=lambda r: r["start"])
