@@ -1,24 +1,28 @@
 """Ray wiring only: replicas, the Ray Data stream, the sink loop. No prompts here.
 
-    items (from_items) ─► bottom-up actors ─► simulation actors ─► driver: sink + progress
-                              └──────── PoolClient ────────┘
-                                   LLM replica actors
+    shard rows ─► items ─► bottom-up actors ─► simulation actors ─► driver: sink + progress
+                                  └──────── PoolClient ────────┘
+                                       LLM replica actors
 
 Each pipeline actor runs many items at once: every Ray Data task carries one small
 block, the actor accepts ``items_in_flight_per_actor`` concurrent calls, and each item
 is its own coroutine. Nothing waits for a batch of LLM calls as a whole, so engines see
 a steady stream (promise 1). Items carry their shard key; the driver commits a shard
 as soon as its last item arrives (promise 3) and keeps only unfinished shards in memory.
+The source is lazy too: the driver hands Ray Data one row per pending shard, and one
+Ray Data task expands shards into item rows, at most a window of items ahead of the
+driver (:class:`SourceGate`), so memory does not grow with the size of the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import math
 import os
 import time
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 import numpy as np
 import ray
@@ -32,6 +36,7 @@ from button_ray.prompts import template_hashes
 from button_ray.records import (
     ACCEPTED_SCHEMA,
     REJECTED_SCHEMA,
+    Scenario,
     WorkItem,
     derive_seed,
     item_row,
@@ -101,18 +106,183 @@ class SimulationStage(ItemStage):
 _STAGE_CLASSES = {"bottom_up": BottomUpStage, "simulate": SimulationStage}
 
 
+def shard_items(fingerprint: str, seed: int, shard: str, scenarios: Iterable[Scenario],
+                slots: int) -> Iterator[dict[str, str]]:
+    """The item rows of one shard, in order; ids and seeds are deterministic."""
+    for scenario in scenarios:
+        for slot in range(slots):
+            item_id = stable_id(fingerprint, scenario.scenario_id, slot)
+            item = WorkItem(item_id=item_id, scenario=scenario, slot=slot, seed=derive_seed(seed, item_id))
+            yield {"item": item.model_dump_json(), "shard": shard}
+
+
 def make_items(fingerprint: str, seed: int, plans: list[ShardPlan], scenarios: dict[str, Any],
                slots: int) -> list[dict[str, str]]:
-    """Rows for every item of the pending shards; ids and seeds are deterministic."""
-    rows = []
+    """Rows for every item of the pending shards, all at once (small runs, benchmarks)."""
+    rows: list[dict[str, str]] = []
     for plan in plans:
-        for sid in plan.scenario_ids:
-            for slot in range(slots):
-                item_id = stable_id(fingerprint, sid, slot)
-                item = WorkItem(item_id=item_id, scenario=scenarios[sid], slot=slot,
-                                seed=derive_seed(seed, item_id))
-                rows.append({"item": item.model_dump_json(), "shard": plan.key})
+        rows.extend(shard_items(fingerprint, seed, plan.key, (scenarios[sid] for sid in plan.scenario_ids), slots))
     return rows
+
+
+def shard_rows(plans: list[ShardPlan], scenarios: dict[str, Scenario]) -> list[dict[str, str]]:
+    """The item source the driver hands Ray Data: one small row per pending shard.
+
+    A shard row carries its key and its scenarios (JSON); :func:`expand_shards` turns it
+    into the shard's item rows inside a Ray Data task, so the driver never holds the
+    items of the run (their number grows with the run, the shards' only with the input).
+    """
+    return [{"shard": plan.key,
+             "scenarios": json.dumps([scenarios[sid].model_dump(mode="json") for sid in plan.scenario_ids])}
+            for plan in plans]
+
+
+def expand_shards(batch: dict[str, np.ndarray], fingerprint: str, seed: int, slots: int,
+                  gate: Any = None) -> dict[str, list[str]]:
+    """Ray Data UDF (a plain task): shard rows -> their item rows.
+
+    Before a shard is expanded, ``gate`` (a :class:`SourceGate`) must grant its items, so
+    the expansion never runs more than a window of items ahead of the driver. (Grants
+    are per shard: Ray Data passes a task's output on only when the UDF returns.)
+    """
+    items: list[str] = []
+    shards: list[str] = []
+    for shard, raw in zip(batch["shard"], batch["scenarios"]):
+        shard = str(shard)
+        scenarios = json.loads(raw)
+        if gate is not None:
+            ray.get(gate.acquire.remote(shard, len(scenarios) * slots))
+        for row in shard_items(fingerprint, seed, shard, (Scenario.model_validate(s) for s in scenarios), slots):
+            items.append(row["item"])
+            shards.append(shard)
+    return {"item": items, "shard": shards}
+
+
+class SourceGate:
+    """Credits for the item source: at most ``window`` items between expansion and driver.
+
+    Ray Data paces a stage by the bytes its queued blocks hold, and an item row is a few
+    hundred bytes, so without this the expansion would run to the end of the input and
+    queue every item (several KiB each in the driver's executor). The expansion asks for
+    each shard's items (:meth:`acquire`); the driver returns credits as items arrive
+    (:meth:`deliver`). A grant is remembered per shard, so an expansion task that Ray
+    retries does not spend credits twice; items delivered twice (at-least-once) return
+    credits twice, which only widens the window a little.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.issued = 0
+        self.delivered = 0
+        self.max_ahead = 0
+        self.granted: set[str] = set()
+        self._changed: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def acquire(self, shard: str, n: int) -> None:
+        """Return once the ``n`` items of ``shard`` may be expanded."""
+        cond = self._condition()
+        async with cond:
+            if shard in self.granted:
+                return
+            # A shard larger than the window waits for an empty pipeline, then goes alone.
+            await cond.wait_for(lambda: self.issued + n <= self.delivered + self.window
+                                or self.issued <= self.delivered)
+            self.issued += n
+            self.granted.add(shard)
+            self.max_ahead = max(self.max_ahead, self.issued - self.delivered)
+
+    async def deliver(self, n: int) -> None:
+        """``n`` items reached the driver: their credits go back to the expansion."""
+        cond = self._condition()
+        async with cond:
+            self.delivered += n
+            cond.notify_all()
+
+    async def stats(self) -> dict[str, int]:
+        return {"window": self.window, "issued": self.issued, "delivered": self.delivered,
+                "max_ahead": self.max_ahead}
+
+
+def source_window(rt: Any, max_shard_items: int) -> int:
+    """Items the source may run ahead: twice what the stage actors hold at once, and
+    at least two shards (a shard is granted whole)."""
+    in_stages = rt.items_in_flight_per_actor * (rt.bottom_up_actors + rt.simulation_actors)
+    return 2 * max(in_stages, max_shard_items)
+
+
+@dataclass(frozen=True)
+class ItemSource:
+    """What the stream reads: one row per pending shard, expanded into items by Ray Data."""
+
+    shards: list[dict[str, str]]
+    fingerprint: str
+    seed: int
+    slots: int
+    max_shard_items: int
+
+    def dataset(self, rows_per_block: int, gate: Any = None, window: int = 256) -> Any:
+        """A lazy dataset of item rows in blocks of at most ``rows_per_block`` rows."""
+        import ray.data
+        from ray.data import TaskPoolStrategy
+        from ray.data._internal.logical.operators import MapBatches, StreamingRepartition
+
+        # One expansion task at a time, on a sliver of a CPU: never starved by replicas
+        # that reserve every core, and never more than one worker process.
+        one_task = TaskPoolStrategy(size=1)
+        ds = ray.data.from_items(self.shards, override_num_blocks=max(1, len(self.shards)))
+        ds = ds.map_batches(
+            expand_shards,
+            fn_kwargs={"fingerprint": self.fingerprint, "seed": self.seed, "slots": self.slots, "gate": gate},
+            batch_size=1,
+            batch_format="numpy",
+            compute=one_task,
+            num_cpus=0.05,
+        )
+        # Streaming repartition: a shard's items leave as blocks of 1-4 rows, so each
+        # stage task still carries a few rows.
+        ds = ds.repartition(target_num_rows_per_block=rows_per_block)
+        # Ray Data fuses the split into the expansion task only when both have the same
+        # remote args and compute, which repartition() does not take (Ray 2.60); unfused,
+        # every shard would pay a second task of 1 whole CPU (unschedulable when replicas
+        # hold every core). And the task's output stream may hold a window of blocks:
+        # Ray's default of 2 caps the source at 2 blocks per executor tick (~20 items/s).
+        split = ds._logical_plan.dag
+        expand = split.input_dependencies[0] if isinstance(split, StreamingRepartition) else None
+        if not isinstance(expand, MapBatches):
+            raise RuntimeError(f"unexpected Ray Data plan after repartition(): {split!r}")
+        for op in (expand, split):
+            op.ray_remote_args.update(num_cpus=0.05, _generator_backpressure_num_objects=2 * max(window, 1))
+        object.__setattr__(split, "compute", one_task)
+        return ds
+
+
+def _bounded_block_stats() -> type:
+    """A Ray Data execution callback that keeps each operator's per-block stats short.
+
+    Ray Data (2.60) appends one ``BlockStats`` per output block of every operator for the
+    whole execution, and every 5 s sends them all, inside the iteration stats, to its
+    stats actor. With a block per item per stage, the driver and that actor grew by
+    ~10 KiB per item (the driver at 1 GiB after 55k items) and the stream slowed down.
+    Only ``Dataset.stats()`` reads those lists; the last ``KEEP`` blocks per operator
+    are kept for it.
+    """
+    from ray.data._internal.execution.execution_callback import ExecutionCallback
+
+    class BoundedBlockStats(ExecutionCallback):
+        KEEP = 1000
+
+        def on_execution_step(self, executor: Any) -> None:
+            for op in getattr(executor, "_topology", None) or ():
+                blocks = getattr(op, "_output_blocks_stats", None)
+                if isinstance(blocks, list) and len(blocks) > 2 * self.KEEP:
+                    del blocks[: len(blocks) - self.KEEP]
+
+    return BoundedBlockStats
 
 
 class ShardSink:
@@ -248,8 +418,9 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
                 "engine_version": next(iter(infos.values()))["engine_version"],
                 "template_hashes": hashes,
             }
-            rows = make_items(fingerprint, cfg.seed, pending, {s.scenario_id: s for s in scenarios}, slots)
-            _stream(cfg, pools, rows, sink, progress)
+            source = ItemSource(shard_rows(pending, {s.scenario_id: s for s in scenarios}),
+                                fingerprint, cfg.seed, slots, max(p.items for p in pending))
+            _stream(cfg, pools, source, sink, progress)
             progress.maybe_print(force=True)
             replica_metrics = {name: ray.get([h.metrics.remote() for h in handles])
                                for name, (_, handles) in pools.items()}
@@ -271,46 +442,65 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
     return result
 
 
-def _stream(cfg: RunConfig, pools: dict[str, tuple[PoolConfig, list[Any]]], rows: list[dict[str, str]],
-            sink: ShardSink, progress: summ.Progress) -> None:
+def _stream(cfg: RunConfig, pools: dict[str, tuple[PoolConfig, list[Any]]], source: ItemSource,
+            sink: ShardSink, progress: summ.Progress) -> dict[str, int]:
+    """Run the stream into ``sink``; return the source gate's counters."""
     import ray.data
     from ray.data import ActorPoolStrategy
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False
+    # Ray Data polls each task's memory from a thread it starts per task: with a task
+    # per item per stage that was ~12% of a stage actor's CPU (bench_overhead).
+    ctx.memory_usage_poll_interval_s = None
     rt = cfg.runtime
     # One small block per Ray Data task: the actor holds many tasks at once, and a
     # slow item only delays the few rows of its own block.
     rows_per_block = max(1, min(rt.batch_size, 4))
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / rows_per_block)))
-    for stage, actors in (("bottom_up", rt.bottom_up_actors), ("simulate", rt.simulation_actors)):
-        ds = ds.map_batches(
-            _STAGE_CLASSES[stage],
-            fn_constructor_kwargs={"stage": stage, "method": cfg.method, "pools": pools,
-                                   "affinity": rt.affinity_routing},
-            batch_size=rows_per_block,
-            batch_format="numpy",
-            compute=ActorPoolStrategy(
-                size=actors,
-                max_concurrent_calls_per_actor=rt.items_in_flight_per_actor,
-                max_tasks_in_flight_per_actor=rt.items_in_flight_per_actor,
-            ),
-            num_cpus=rt.actor_num_cpus,
-        )
-    batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    window = source_window(rt, source.max_shard_items)
+    gate = ray.remote(SourceGate).options(num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(window)
+    batches = None
     try:
+        ds = source.dataset(rows_per_block, gate, window)
+        # The dataset's own copy of the context: the callback applies to this stream only.
+        ds.context.custom_execution_callback_classes = [*ds.context.custom_execution_callback_classes,
+                                                        _bounded_block_stats()]
+        for stage, actors in (("bottom_up", rt.bottom_up_actors), ("simulate", rt.simulation_actors)):
+            ds = ds.map_batches(
+                _STAGE_CLASSES[stage],
+                fn_constructor_kwargs={"stage": stage, "method": cfg.method, "pools": pools,
+                                       "affinity": rt.affinity_routing},
+                batch_size=rows_per_block,
+                batch_format="numpy",
+                compute=ActorPoolStrategy(
+                    size=actors,
+                    max_concurrent_calls_per_actor=rt.items_in_flight_per_actor,
+                    max_tasks_in_flight_per_actor=rt.items_in_flight_per_actor,
+                ),
+                num_cpus=rt.actor_num_cpus,
+            )
+        batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+        # Credits go back to the source in small lots (one actor call per lot, not per item).
+        lot, arrived = max(1, window // 16), 0
         for batch in batches:
             for raw, shard in zip(batch["item"], batch["shard"]):
                 item = WorkItem.model_validate_json(raw)
                 sink.add(str(shard), item)
                 progress.update(item)
+                arrived += 1
+            if arrived >= lot:
+                gate.deliver.remote(arrived)
+                arrived = 0
+        gate_stats = ray.get(gate.stats.remote())
     finally:
         # On an error (a failed commit) stop the stream now: its actors are released
         # instead of working on for a job that has ended.
         close = getattr(batches, "close", None)
         if close is not None:
             close()
+        ray.kill(gate, no_restart=True)
     if sink.buffers:
         missing = {k: sink.plans[k].items - len(v) for k, v in sink.buffers.items()}
         raise RuntimeError(f"stream ended with incomplete shards (shard: items missing): {missing}")
+    return gate_stats

@@ -112,3 +112,142 @@ def test_items_stream_without_lockstep(ray_local, tmp_path):
     peak = result["replicas"]["main"][0]["max_in_flight"]
     # 80 items across two stages; lockstep batches of 1-4 rows would cap this at 8.
     assert peak >= 40, f"engine saw at most {peak} concurrent requests"
+
+
+# -- the lazy item source ---------------------------------------------------------------
+
+def _source_fixture(n_scenarios=7, slots=3, shard_size=2, seed=11):
+    from button_ray.inputs import scenario_id
+    from button_ray.records import Scenario
+    from button_ray.sink import plan_shards
+
+    fingerprint = "f" * 16
+    scenarios = [Scenario(scenario_id=scenario_id(f"Scenario {i}: book a table"), text=f"Scenario {i}: book a table",
+                          source="x.txt") for i in range(n_scenarios)]
+    by_id = {s.scenario_id: s for s in scenarios}
+    plans = plan_shards(fingerprint, [s.scenario_id for s in scenarios], shard_size, slots)
+    return fingerprint, seed, slots, plans, by_id
+
+
+def test_shard_expansion_gives_the_same_items_ids_and_seeds():
+    """One row per shard, expanded in a task: exactly the rows (ids, seeds, order) of before."""
+    import numpy as np
+
+    from button_ray.pipeline import expand_shards, make_items, shard_rows
+    from button_ray.records import WorkItem, derive_seed, stable_id
+
+    fingerprint, seed, slots, plans, by_id = _source_fixture()
+    rows = shard_rows(plans, by_id)
+    assert len(rows) == len(plans) == 4  # one small row per shard, not per item
+    expanded = []
+    for row in rows:
+        out = expand_shards({k: np.array([v]) for k, v in row.items()}, fingerprint, seed, slots)
+        expanded += [{"item": i, "shard": s} for i, s in zip(out["item"], out["shard"])]
+    assert expanded == make_items(fingerprint, seed, plans, by_id, slots)
+    for row, (plan, sid, slot) in zip(expanded, [(p, sid, k) for p in plans for sid in p.scenario_ids
+                                                 for k in range(slots)]):
+        item = WorkItem.model_validate_json(row["item"])
+        assert row["shard"] == plan.key and item.scenario == by_id[sid] and item.slot == slot
+        assert item.item_id == stable_id(fingerprint, sid, slot)
+        assert item.seed == derive_seed(seed, item.item_id)
+
+
+def test_source_gate_bounds_the_expansion_and_counts_a_retried_shard_once():
+    import asyncio
+
+    from button_ray.pipeline import SourceGate
+
+    async def scenario():
+        gate = SourceGate(window=10)
+        await gate.acquire("a", 6)
+        await gate.acquire("a", 6)  # a retried expansion of shard a: no new credits spent
+        assert (await gate.stats())["issued"] == 6
+        blocked = asyncio.ensure_future(gate.acquire("b", 6))  # 6 + 6 > 10: waits
+        await asyncio.sleep(0.05)
+        assert not blocked.done()
+        await gate.deliver(2)
+        await asyncio.wait_for(blocked, 1)
+        stats = await gate.stats()
+        assert stats["issued"] == 12 and stats["max_ahead"] == 10
+        # A shard larger than the window goes alone once everything issued has arrived.
+        big = asyncio.ensure_future(gate.acquire("c", 50))
+        await asyncio.sleep(0.05)
+        assert not big.done()
+        await gate.deliver(10)
+        await asyncio.wait_for(big, 1)
+
+    asyncio.run(scenario())
+
+
+def test_item_source_streams_small_blocks_within_its_window(ray_local):
+    """The expansion runs as one fused task, emits blocks of <= rows_per_block rows and
+    never gets more than the window ahead of the consumer."""
+    import ray
+
+    from button_ray.pipeline import ItemSource, SourceGate, make_items, shard_rows
+
+    fingerprint, seed, slots, plans, by_id = _source_fixture(n_scenarios=9, slots=3, shard_size=2)
+    source = ItemSource(shard_rows(plans, by_id), fingerprint, seed, slots, max(p.items for p in plans))
+    window = 2 * source.max_shard_items  # 12 items
+    gate = ray.remote(SourceGate).options(num_cpus=0).remote(window)
+    try:
+        ds = source.dataset(2, gate, window)
+        got = []
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            assert 1 <= len(batch["item"]) <= 2
+            got += [{"item": str(i), "shard": str(s)} for i, s in zip(batch["item"], batch["shard"])]
+            gate.deliver.remote(len(batch["item"]))
+        stats = ray.get(gate.stats.remote())
+    finally:
+        ray.kill(gate)
+    expected = make_items(fingerprint, seed, plans, by_id, slots)
+    assert sorted(got, key=lambda r: r["item"]) == sorted(expected, key=lambda r: r["item"])
+    assert stats["issued"] == len(expected) == 27
+    assert stats["max_ahead"] <= window
+    assert "MapBatches(expand_shards)->StreamingRepartition" in ds.stats(), "the split was not fused"
+
+
+def test_ray_data_per_block_stats_are_bounded():
+    """Ray Data keeps a stats record per output block for the whole execution; the
+    pipeline's execution callback trims it, so a long stream does not grow the driver."""
+    from types import SimpleNamespace
+
+    from button_ray.pipeline import _bounded_block_stats
+
+    callback = _bounded_block_stats()()
+    keep = callback.KEEP
+    class Op:  # hashable, like Ray Data's operators (the keys of the executor's topology)
+        def __init__(self, **attrs):
+            self.__dict__.update(attrs)
+
+    long_op, short_op, other_op = Op(_output_blocks_stats=list(range(3 * keep))), \
+        Op(_output_blocks_stats=list(range(keep))), Op()
+    callback.on_execution_step(SimpleNamespace(_topology={long_op: 0, short_op: 0, other_op: 0}))
+    assert long_op._output_blocks_stats == list(range(2 * keep, 3 * keep))  # the newest are kept
+    assert len(short_op._output_blocks_stats) == keep
+    callback.on_execution_step(SimpleNamespace(_topology=None))  # before the executor has a topology
+
+
+def test_block_stats_trim_reaches_real_ray_data_operators(ray_local):
+    """The same callback on a real stream: Ray Data's map operators hold the per-block
+    list the trim relies on (a renamed attribute would silently switch it off)."""
+    import ray.data
+
+    from button_ray.pipeline import _bounded_block_stats
+
+    seen: dict[str, int] = {}
+
+    class Probe(_bounded_block_stats()):
+        KEEP = 5
+
+        def after_execution_succeeds(self, executor):
+            for op in executor._topology:
+                if hasattr(op, "_output_blocks_stats"):
+                    seen[op.name] = len(op._output_blocks_stats)
+
+    ds = ray.data.range(60, override_num_blocks=60).map_batches(lambda b: b, batch_size=None)
+    ds.context.custom_execution_callback_classes = [Probe]
+    assert sum(len(b["id"]) for b in ds.iter_batches(batch_size=None)) == 60
+    map_ops = {name: n for name, n in seen.items() if "MapBatches" in name}
+    assert map_ops, f"no map operator exposes _output_blocks_stats: {seen}"
+    assert all(n <= 2 * Probe.KEEP for n in map_ops.values()), map_ops
