@@ -5,7 +5,10 @@ The same items run twice through the full pipeline on a pool of two replicas:
 that served its first one, so its growing chat history is in that replica's prefix
 cache) and ``false`` (each request goes to the replica with the fewest outstanding
 requests). Reported per run, from vLLM's own scheduler stats (prefix-cache queries and
-hits, in tokens, summed over both replicas): the prefix-cache hit rate; and, from the
+hits, in tokens, summed over both replicas): the prefix-cache hit rate; per stage (the
+simulation's user/assistant/tool requests, where a trajectory re-sends its growing
+history, vs the bottom-up ones), from vLLM's per-request count of prompt tokens served
+from the cache (``RequestOutput.num_cached_tokens``); and, from the
 requests the engines served (:mod:`benchmarks.recording_engine`, engine start-up
 excluded): completion tokens/s and prompt+completion tokens/s.
 
@@ -31,6 +34,11 @@ from button_ray.config import RunConfig, load_config
 from button_ray.pipeline import run_generate
 
 
+_STAGES = {"simulation": ("user_agent", "assistant_agent", "tool_agent"),
+           "bottom_up": ("scenario_extraction", "scenario_expansion", "atomic_task", "composition",
+                         "composition_filter", "functions")}
+
+
 def _config(cfg: RunConfig, replicas: int, affinity: bool, output: str) -> RunConfig:
     pools = tuple(p.model_copy(update={"replicas": replicas,
                                        "engine_class": "benchmarks.recording_engine:RecordingVLLMEngine"})
@@ -51,6 +59,13 @@ def _run(cfg: RunConfig, scenarios: int, record_dir: Path) -> dict[str, Any]:
     completion = sum(r["completion_tokens"] for r in records)
     prompt = sum(len(r["prompt_token_ids"]) for r in records)
     metrics = [m for ms in summary["replicas"].values() for m in ms]
+    by_stage = {}
+    for stage, roles in _STAGES.items():
+        rs = [r for r in records if r["role"] in roles]
+        cached = sum(r["cached_prompt_tokens"] for r in rs)
+        tokens = sum(len(r["prompt_token_ids"]) for r in rs)
+        by_stage[stage] = {"requests": len(rs), "prompt_tokens": tokens, "cached_prompt_tokens": cached,
+                           "hit_rate": cached / tokens if tokens else None}
     queries = sum(m["prefix_cache_queries"] for m in metrics)
     hits = sum(m["prefix_cache_hits"] for m in metrics)
     return {
@@ -64,6 +79,7 @@ def _run(cfg: RunConfig, scenarios: int, record_dir: Path) -> dict[str, Any]:
         "prefix_cache_queries": queries,
         "prefix_cache_hits": hits,
         "prefix_cache_hit_rate": hits / queries if queries else None,
+        "by_stage": by_stage,
         "items": summary["items"],
         "emitted": summary["emitted"],
     }
@@ -98,13 +114,15 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
     print(table(["routing", "requests", "per replica", "wall s", "compl tok/s", "prompt+compl tok/s",
-                 "prefix hit rate"],
+                 "prefix hit rate", "hit rate simulation", "hit rate bottom-up"],
                 [[n, r["requests"], "/".join(map(str, r["requests_per_replica"])), r["wall_s"],
-                  r["completion_tokens_per_s"], r["tokens_per_s"], r["prefix_cache_hit_rate"]]
+                  r["completion_tokens_per_s"], r["tokens_per_s"], r["prefix_cache_hit_rate"],
+                  r["by_stage"]["simulation"]["hit_rate"], r["by_stage"]["bottom_up"]["hit_rate"]]
                  for n, r in runs.items()]))
     a, b = runs["affinity"], runs["least_loaded"]
-    print(f"affinity / least-loaded: hit rate {a['prefix_cache_hit_rate']:.3f} vs "
-          f"{b['prefix_cache_hit_rate']:.3f}, completion tok/s x{a['completion_tokens_per_s'] / b['completion_tokens_per_s']:.2f}")
+    print(f"affinity vs least-loaded: simulation hit rate {a['by_stage']['simulation']['hit_rate']:.3f} vs "
+          f"{b['by_stage']['simulation']['hit_rate']:.3f}; all requests {a['prefix_cache_hit_rate']:.3f} vs "
+          f"{b['prefix_cache_hit_rate']:.3f}; completion tok/s x{a['completion_tokens_per_s'] / b['completion_tokens_per_s']:.2f}")
     path = write_result("bench_affinity", {"config": args.config, "scenarios": args.scenarios,
                                            "replicas": args.replicas, "overrides": args.overrides},
                         runs, started)

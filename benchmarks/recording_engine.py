@@ -1,8 +1,8 @@
 """A vLLM engine that logs every request it serves, for the ceiling benchmark.
 
 It is the production :class:`~button_ray.llm.vllm_engine.VLLMEngine` plus one JSON line
-per served request (prompt token ids, sampling, completion length, start and end wall
-times) in ``$BUTTON_RAY_RECORD_DIR/<pid>.jsonl``. The benchmark puts it behind the real
+per served request (prompt token ids, sampling, completion length, prompt tokens served
+from the prefix cache, start and end wall times) in ``$BUTTON_RAY_RECORD_DIR/<pid>.jsonl``. The benchmark puts it behind the real
 replica actor through ``PoolConfig.engine_class``; nothing else changes.
 """
 
@@ -23,6 +23,22 @@ RECORD_DIR_ENV = "BUTTON_RAY_RECORD_DIR"
 class RecordingVLLMEngine(VLLMEngine):
     """:class:`VLLMEngine` that appends each served request to a JSON Lines log."""
 
+    async def start(self) -> None:
+        await super().start()
+        # vLLM reports prefix-cache hits per request (``RequestOutput.num_cached_tokens``);
+        # the production engine only keeps totals. Wrapping the AsyncLLM's generate()
+        # catches the per-request figure without touching the engine's code.
+        self._cached: dict[str, int] = {}
+        llm_generate = self._llm.generate
+
+        async def generate(prompt: Any, params: Any, request_id: str, *args: Any, **kwargs: Any) -> Any:
+            async for out in llm_generate(prompt, params, request_id, *args, **kwargs):
+                if out.finished:
+                    self._cached[request_id] = out.num_cached_tokens or 0
+                yield out
+
+        self._llm.generate = generate
+
     async def generate(self, request: LLMRequest) -> LLMResponse:
         start = time.time()
         response = await super().generate(request)
@@ -39,6 +55,7 @@ class RecordingVLLMEngine(VLLMEngine):
             "max_tokens": s.max_tokens,
             "constraint": request.constraint.kind if request.constraint else None,
             "completion_tokens": response.completion_tokens,
+            "cached_prompt_tokens": self._cached.pop(request.request_id, None),
             "finish_reason": response.finish_reason,
             "start": start,
             "end": end,
