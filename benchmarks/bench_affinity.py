@@ -31,12 +31,12 @@ import ray
 from benchmarks.common import REPO, now, table, write_result
 from benchmarks.recording_engine import RECORD_DIR_ENV, load_records
 from button_ray.config import RunConfig, load_config
+from button_ray.llm.contract import ROLES
 from button_ray.pipeline import run_generate
+from button_ray.top_down.simulate import ROLES as SIMULATION_ROLES
 
-
-_STAGES = {"simulation": ("user_agent", "assistant_agent", "tool_agent"),
-           "bottom_up": ("scenario_extraction", "scenario_expansion", "atomic_task", "composition",
-                         "composition_filter", "functions")}
+_STAGES = {"simulation": SIMULATION_ROLES,
+           "bottom_up": tuple(r for r in ROLES if r not in SIMULATION_ROLES)}
 
 
 def _config(cfg: RunConfig, replicas: int, affinity: bool, output: str) -> RunConfig:

@@ -41,7 +41,10 @@ class RecordingVLLMEngine(VLLMEngine):
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         start = time.time()
-        response = await super().generate(request)
+        try:
+            response = await super().generate(request)
+        finally:
+            cached = self._cached.pop(request.request_id, None)  # no entry outlives its request
         end = time.time()
         s = request.sampling
         record = {
@@ -55,7 +58,7 @@ class RecordingVLLMEngine(VLLMEngine):
             "max_tokens": s.max_tokens,
             "constraint": request.constraint.kind if request.constraint else None,
             "completion_tokens": response.completion_tokens,
-            "cached_prompt_tokens": self._cached.pop(request.request_id, None),
+            "cached_prompt_tokens": cached,
             "finish_reason": response.finish_reason,
             "start": start,
             "end": end,
