@@ -458,6 +458,8 @@ def _stream(cfg: RunConfig, pools: dict[str, tuple[PoolConfig, list[Any]]], sour
     # One small block per Ray Data task: the actor holds many tasks at once, and a
     # slow item only delays the few rows of its own block.
     rows_per_block = max(1, min(rt.batch_size, 4))
+    # items_in_flight_per_actor counts items; each actor call carries a block of them.
+    calls_per_actor = -(-rt.items_in_flight_per_actor // rows_per_block)
     window = source_window(rt, source.max_shard_items)
     gate = ray.remote(SourceGate).options(num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(window)
     batches = None
@@ -475,8 +477,8 @@ def _stream(cfg: RunConfig, pools: dict[str, tuple[PoolConfig, list[Any]]], sour
                 batch_format="numpy",
                 compute=ActorPoolStrategy(
                     size=actors,
-                    max_concurrent_calls_per_actor=rt.items_in_flight_per_actor,
-                    max_tasks_in_flight_per_actor=rt.items_in_flight_per_actor,
+                    max_concurrent_calls_per_actor=calls_per_actor,
+                    max_tasks_in_flight_per_actor=calls_per_actor,
                 ),
                 num_cpus=rt.actor_num_cpus,
             )

@@ -114,6 +114,27 @@ def test_items_stream_without_lockstep(ray_local, tmp_path):
     assert peak >= 40, f"engine saw at most {peak} concurrent requests"
 
 
+def test_items_in_flight_counts_items_not_blocks(ray_local, tmp_path):
+    """With 4 rows per block, an actor holding 4 items takes one block at a time, not 4."""
+    from tests.fakes import read_traces
+
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    cfg = _cfg(tmp_path / "run", n=20, latency_s=0.05, trace_dir=str(traces))
+    cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(
+        update={"items_in_flight_per_actor": 4, "batch_size": 4})})
+    assert run_generate(cfg)["items"] == 40
+    (events,) = read_traces(str(traces)).values()
+    open_requests: dict[str, int] = {}  # item id -> its requests in the engine now
+    peak = 0
+    for event, request_id, _, _ in events:
+        item = request_id.split("/")[0]
+        open_requests[item] = open_requests.get(item, 0) + (1 if event == "start" else -1)
+        peak = max(peak, sum(1 for n in open_requests.values() if n > 0))
+    # Two stages x 4 items; counting blocks as items would allow 2 x 4 x 4.
+    assert 4 < peak <= 8, f"{peak} items had requests in the engine at once"
+
+
 # -- the lazy item source ---------------------------------------------------------------
 
 def _source_fixture(n_scenarios=7, slots=3, shard_size=2, seed=11):

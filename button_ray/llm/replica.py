@@ -58,6 +58,9 @@ class LLMReplica:
             "pid": os.getpid(),
         }
 
+    # Ten or more calls per trajectory: their task events (kept by the GCS, sent by
+    # every caller) would grow with the run and say nothing the metrics do not.
+    @ray.method(enable_task_events=False)
     async def generate(self, request: LLMRequest) -> LLMResponse:
         """Serve one request; on a dead engine, answer the error and exit the process."""
         self.in_flight += 1
