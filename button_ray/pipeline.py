@@ -294,20 +294,21 @@ class ShardSink:
         self.fingerprint = fingerprint
         self.plans = {p.key: p for p in plans}
         self.lineage = lineage
-        self.buffers: dict[str, list[WorkItem]] = {}
+        self.buffers: dict[str, dict[str, WorkItem]] = {}  # shard -> item id -> item
         self.markers: dict[str, dict[str, Any]] = {}
         self.manifest_interval_s = manifest_interval_s
         self._manifest_at = time.monotonic()
 
     def add(self, shard: str, item: WorkItem) -> None:
-        buf = self.buffers.setdefault(shard, [])
-        if any(i.item_id == item.item_id for i in buf):
-            # At-least-once execution may deliver an item twice; the first one counts.
+        # At-least-once execution may deliver an item twice; the first one counts,
+        # also when its shard is committed already.
+        if shard in self.markers:
             return
-        buf.append(item)
+        buf = self.buffers.setdefault(shard, {})
+        buf.setdefault(item.item_id, item)
         plan = self.plans[shard]
         if len(buf) == plan.items:
-            self._commit(plan, self.buffers.pop(shard))
+            self._commit(plan, list(self.buffers.pop(shard).values()))
 
     def _commit(self, plan: ShardPlan, items: list[WorkItem]) -> None:
         items.sort(key=lambda i: (plan.scenario_ids.index(i.scenario.scenario_id), i.slot))

@@ -54,3 +54,26 @@ def test_preflight_unwritable(tmp_path):
     store = OutputStore(str(tmp_path / "file" / "out"))
     with pytest.raises(OutputError, match="cannot write to output"):
         store.preflight()
+
+
+def test_shard_sink_counts_a_redelivered_item_once(tmp_path):
+    from button_ray.pipeline import ShardSink, shard_items
+    from button_ray.records import Scenario, WorkItem
+
+    scenarios = [Scenario(scenario_id=f"s{i}", text=f"Scenario {i}", source="x.txt") for i in range(3)]
+    (plan,) = plan_shards("fp", [s.scenario_id for s in scenarios], 4, slots=2)
+    items = [WorkItem.model_validate_json(r["item"]) for r in shard_items("fp", 0, plan.key, scenarios, 2)]
+    for item in items:
+        item.fail("scripted")
+    store = OutputStore(str(tmp_path / "out"))
+    store.preflight()
+    lineage = {"config_fingerprint": "fp", "models": {}, "engine_version": "x", "template_hashes": {}}
+    sink = ShardSink(store, "fp", [plan], lineage=lineage)
+    # Out of order, an item delivered twice before the commit and once after it
+    # (at-least-once execution).
+    for item in [items[0], *reversed(items[2:]), items[0], items[1], items[3]]:
+        sink.add(plan.key, item)
+    assert set(sink.markers) == {plan.key} and not sink.buffers
+    sink.write_manifest()
+    ids = read_committed(str(tmp_path / "out"), "rejected").column("record_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 6
