@@ -44,7 +44,7 @@ from typing import Any
 
 import ray
 
-from benchmarks.common import REPO, now, table, write_result
+from benchmarks.common import REPO, feed_window, now, table, write_result
 from benchmarks.recording_engine import RECORD_DIR_ENV, load_records
 from button_ray.config import PoolConfig, RunConfig, load_config
 from button_ray.pipeline import run_generate
@@ -138,7 +138,7 @@ def main() -> None:
         "completion_tokens": p_completion,
         "prompt_tokens": p_prompt,
         **_rates(p_completion, p_prompt, p_wall),
-        "feed": _feed_window(records),
+        "feed": feed_window([{**r, "prompt_tokens": len(r["prompt_token_ids"])} for r in records]),
         "items": summary["items"],
         "emitted": summary["emitted"],
         "accepted_per_hour": summary["emitted"] / p_wall * 3600,
@@ -206,36 +206,6 @@ def main() -> None:
     )
     print(f"[bench_ceiling] wrote {path}")
     ray.shutdown()
-
-
-def _feed_window(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Rates of (a) while items still entered: until the last item's first request.
-
-    Request ids start with their item id. A request that straddles the window's end
-    counts with the share of its duration inside it (completion tokens spread evenly
-    over it; prompt tokens at its start, where the prefill runs).
-    """
-    t0, t1 = min(r["start"] for r in records), max(r["end"] for r in records)
-    first: dict[str, float] = {}
-    for r in records:
-        item = r["request_id"].split("/", 1)[0]
-        first[item] = min(first.get(item, r["start"]), r["start"])
-    end = max(first.values())
-    completion = prompt = busy = busy_drain = 0.0
-    started = 0
-    for r in records:
-        span = max(r["end"] - r["start"], 1e-9)
-        inside = max(0.0, min(r["end"], end) - r["start"]) / span
-        completion += r["completion_tokens"] * inside
-        prompt += len(r["prompt_token_ids"]) * (1.0 if r["start"] < end else 0.0)
-        busy += span * inside
-        busy_drain += span * (1 - inside)
-        started += r["start"] < end
-    wall = max(end - t0, 1e-9)
-    return {"wall_s": end - t0, "share_of_run": (end - t0) / (t1 - t0), "requests_started": started,
-            "completion_tokens": round(completion), "completion_tokens_per_s": completion / wall,
-            "tokens_per_s": (completion + prompt) / wall, "mean_in_flight": busy / wall,
-            "mean_in_flight_drain": busy_drain / max(t1 - end, 1e-9)}
 
 
 def _hit_rate(hits: int, queries: int) -> float | None:

@@ -19,14 +19,17 @@ The wall time includes that tail, so the budget should be long next to one item'
 latency (1-4 min for the embedded model on 2 cores), or the tail dominates.
 Per mode it reports items finished, accepted trajectories (outcome ``emitted``), wall
 time, accepted/hour, items/hour, completion and total tokens/s, LLM calls and the
-unparseable share. Every mode starts from the first item with an empty prefix cache
+unparseable share, and the completion tokens/s and mean requests in flight of its *feed
+window* (until the last item sends its first request; ``bench_ceiling`` reports the
+pipeline's the same way), the rate a long run holds before it drains. Every mode starts from the first item with an empty prefix cache
 (the server runs with ``VLLM_SERVER_DEV_MODE=1`` so ``/reset_prefix_cache`` exists), so
 the modes see the same items and none profits from another's cache.
 
 With ``benchmarks/results/bench_ceiling.json`` present (``--pipeline-result``; written
 by the ceiling benchmark), it prints our pipeline / naive ratios for K=1 and for the
-best thread pool, in accepted/hour (the headline, noisy on few items), items/hour and
-completion tokens/s. Project targets: >= 8x the single-trajectory loop and >= 1.3x the
+best thread pool, in accepted/hour (the headline, noisy on few items), items/hour,
+completion tokens/s over the whole run and over the feed window (the steady state;
+whole runs of different sizes drain for different shares of their time). Project targets: >= 8x the single-trajectory loop and >= 1.3x the
 thread pool at its best K.
 
 The server runs the same engine as a replica: its flags are built from
@@ -88,7 +91,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import REPO, RESULTS_DIR, now, table, write_result
+from benchmarks.common import REPO, RESULTS_DIR, feed_window, now, table, write_result
 from button_ray import summary as summ
 from button_ray.bottom_up import build_bundle
 from button_ray.config import MethodConfig, PoolConfig, RunConfig, load_config
@@ -129,6 +132,9 @@ class BlockingOpenAIClient:
         self.timeout_s = timeout_s
         self.model_name = model_name
         self._local = threading.local()
+        #: One entry per answered request (start, end, tokens), for the feed window;
+        #: ``run_mode`` starts each mode with an empty list.
+        self.records: list[dict[str, Any]] = []
 
     def _http(self) -> httpx.Client:
         client = getattr(self._local, "client", None)
@@ -167,6 +173,7 @@ class BlockingOpenAIClient:
         return body
 
     def generate_blocking(self, request: LLMRequest) -> LLMResponse:
+        start = time.monotonic()
         try:
             reply = self._http().post("/v1/chat/completions", json=self.body(request))
         except httpx.TimeoutException as exc:
@@ -182,6 +189,8 @@ class BlockingOpenAIClient:
         usage = data.get("usage") or {}
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or 0)
+        self.records.append({"request_id": request.request_id, "start": start, "end": time.monotonic(),
+                             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})
         if prompt_tokens + request.sampling.max_tokens > self.max_model_len:
             # The server clamped max_tokens to the context; VLLMEngine refuses such a
             # request before generating. Same outcome for the method.
@@ -406,6 +415,7 @@ def run_mode(k: int, rows: list[dict[str, str]], llm: BlockingOpenAIClient, meth
     lock = threading.Lock()
     state = {"next": 0}
     finished: list[tuple[WorkItem, float]] = []
+    llm.records = []
     start = time.monotonic()
     deadline = start + budget_s if budget_s is not None else float("inf")
 
@@ -488,12 +498,21 @@ def run_mode(k: int, rows: list[dict[str, str]], llm: BlockingOpenAIClient, meth
         "completion_tokens": t["completion_tokens"],
         "item_latency_s_median": latencies[len(latencies) // 2] if latencies else None,
         "item_latency_s_max": latencies[-1] if latencies else None,
+        "feed": feed_window(llm.records) if llm.records else None,
     }
 
 
 # -- ratios to our pipeline --------------------------------------------------------------
 
-RATIO_METRICS = ("accepted_per_hour", "items_per_hour", "completion_tokens_per_s")
+RATIO_METRICS = ("accepted_per_hour", "items_per_hour", "completion_tokens_per_s",
+                 "feed_completion_tokens_per_s")
+
+
+def _metric(result: dict[str, Any], metric: str) -> float | None:
+    """A mode's (or the pipeline's) number; ``feed_*`` reads its feed window."""
+    if metric.startswith("feed_"):
+        return (result.get("feed") or {}).get(metric[len("feed_"):])
+    return result.get(metric)
 
 
 def ratios(pipeline: dict[str, Any], modes: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -506,16 +525,17 @@ def ratios(pipeline: dict[str, Any], modes: dict[int, dict[str, Any]]) -> dict[s
     out: dict[str, Any] = {}
     pools = {k: m for k, m in modes.items() if k > 1}
     for metric in RATIO_METRICS:
-        ours = pipeline.get(metric)
+        ours = _metric(pipeline, metric)
         row: dict[str, Any] = {"pipeline": ours}
-        if 1 in modes:
-            row["k1"] = modes[1][metric]
-            row["vs_k1"] = ratio(ours, modes[1][metric])
-        if pools:
-            best_k = max(pools, key=lambda k: pools[k][metric])
+        if 1 in modes and _metric(modes[1], metric) is not None:
+            row["k1"] = _metric(modes[1], metric)
+            row["vs_k1"] = ratio(ours, row["k1"])
+        scored = {k: v for k, m in pools.items() if (v := _metric(m, metric)) is not None}
+        if scored:
+            best_k = max(scored, key=scored.__getitem__)
             row["best_k"] = best_k
-            row["best_k_value"] = pools[best_k][metric]
-            row["vs_best_k"] = ratio(ours, pools[best_k][metric])
+            row["best_k_value"] = scored[best_k]
+            row["vs_best_k"] = ratio(ours, scored[best_k])
         out[metric] = row
     return out
 
@@ -646,11 +666,14 @@ def main(argv: list[str] | None = None) -> int:
             print("[bench_naive] server stopped", flush=True)
 
     headers = ["K", "items", "accepted", "rej", "fail", "wall s", "accepted/h", "items/h",
-               "compl tok/s", "tok/s", "LLM calls", "unparseable"]
+               "compl tok/s", "tok/s", "feed s", "feed compl tok/s", "feed in flight", "LLM calls",
+               "unparseable"]
     print()
     print(table(headers, [
         [k, m["items"], m["accepted"], m["rejected"], m["failed"], m["wall_s"], m["accepted_per_hour"],
-         m["items_per_hour"], m["completion_tokens_per_s"], m["tokens_per_s"], m["llm_calls"],
+         m["items_per_hour"], m["completion_tokens_per_s"], m["tokens_per_s"],
+         *((m["feed"]["wall_s"], m["feed"]["completion_tokens_per_s"], m["feed"]["mean_in_flight"])
+           if m["feed"] else ("-", "-", "-")), m["llm_calls"],
          f"{m['unparseable_share']:.1%}"]
         for k, m in modes.items()
     ]))

@@ -112,3 +112,36 @@ def write_result(name: str, config: dict[str, Any], results: dict[str, Any],
 
 def now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
+
+
+def feed_window(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Rates while items still entered a run: from its first request until the last
+    item's first one (after it, the run only drains).
+
+    ``records``: one per request, with ``request_id`` (starting with its item id and
+    "/"), ``start`` and ``end`` (seconds, one clock), ``prompt_tokens`` and
+    ``completion_tokens``. A request that straddles the window's end counts with the
+    share of its duration inside it (completion tokens spread evenly over it; prompt
+    tokens at its start, where the prefill runs).
+    """
+    t0, t1 = min(r["start"] for r in records), max(r["end"] for r in records)
+    first: dict[str, float] = {}
+    for r in records:
+        item = r["request_id"].split("/", 1)[0]
+        first[item] = min(first.get(item, r["start"]), r["start"])
+    end = max(first.values())
+    completion = prompt = busy = busy_drain = 0.0
+    started = 0
+    for r in records:
+        span = max(r["end"] - r["start"], 1e-9)
+        inside = max(0.0, min(r["end"], end) - r["start"]) / span
+        completion += r["completion_tokens"] * inside
+        prompt += r["prompt_tokens"] * (1.0 if r["start"] < end else 0.0)
+        busy += span * inside
+        busy_drain += span * (1 - inside)
+        started += r["start"] < end
+    wall = max(end - t0, 1e-9)
+    return {"wall_s": end - t0, "share_of_run": (end - t0) / (t1 - t0), "requests_started": started,
+            "completion_tokens": round(completion), "completion_tokens_per_s": completion / wall,
+            "tokens_per_s": (completion + prompt) / wall, "mean_in_flight": busy / wall,
+            "mean_in_flight_drain": busy_drain / max(t1 - end, 1e-9)}
