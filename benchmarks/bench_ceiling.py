@@ -109,6 +109,9 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "configs" / "local.yaml"))
     parser.add_argument("--scenarios", type=int, default=16, help="scenarios for the pipeline run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override a.b=c")
+    parser.add_argument("--pipeline-only", action="store_true",
+                        help="run (a) only, into results/bench_ceiling_pipeline.json: the pipeline's rates and "
+                             "funnel (what bench_naive compares with, via --pipeline-result)")
     args = parser.parse_args()
     started = now()
 
@@ -155,7 +158,15 @@ def main() -> None:
     config = {"config": args.config, "scenarios": args.scenarios, "overrides": args.overrides,
               "run_config": cfg.model_dump(mode="json")}
     # Run (a) alone is already a result (the funnel, the pipeline's rates): keep it if (b) dies.
-    write_result("bench_ceiling", config, {"pipeline": pipeline, "ceiling": None}, started)
+    name = "bench_ceiling_pipeline" if args.pipeline_only else "bench_ceiling"
+    path = write_result(name, config, {"pipeline": pipeline, "ceiling": None}, started)
+    if args.pipeline_only:
+        feed = pipeline["feed"]
+        print(f"[bench_ceiling] (a) {pipeline['completion_tokens_per_s']:.1f} completion tok/s over the run, "
+              f"{feed['completion_tokens_per_s']:.1f} over its feed window ({feed['wall_s']:.0f}s, "
+              f"{feed['mean_in_flight']:.1f} requests in flight); wrote {path}")
+        ray.shutdown()
+        return
     print(f"[bench_ceiling] (b) ceiling: replaying {len(records)} requests as one batch ...", flush=True)
     pool = cfg.pools[0]
     actor = ray.remote(CeilingReplayer).options(num_cpus=pool.num_cpus, num_gpus=pool.num_gpus).remote(pool)
