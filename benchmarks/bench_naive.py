@@ -21,7 +21,8 @@ Per mode it reports items finished, accepted trajectories (outcome ``emitted``),
 time, accepted/hour, items/hour, completion and total tokens/s, LLM calls and the
 unparseable share, and the completion tokens/s and mean requests in flight of its *feed
 window* (until the last item sends its first request; ``bench_ceiling`` reports the
-pipeline's the same way), the rate a long run holds before it drains. Every mode starts from the first item with an empty prefix cache
+pipeline's the same way), the rate a long run holds before it drains. Every mode
+starts from the first item with an empty prefix cache
 (the server runs with ``VLLM_SERVER_DEV_MODE=1`` so ``/reset_prefix_cache`` exists), so
 the modes see the same items and none profits from another's cache.
 
@@ -29,8 +30,8 @@ With ``benchmarks/results/bench_ceiling.json`` present (``--pipeline-result``; w
 by the ceiling benchmark), it prints our pipeline / naive ratios for K=1 and for the
 best thread pool, in accepted/hour (the headline, noisy on few items), items/hour,
 completion tokens/s over the whole run and over the feed window (the steady state;
-whole runs of different sizes drain for different shares of their time). Project targets: >= 8x the single-trajectory loop and >= 1.3x the
-thread pool at its best K.
+whole runs of different sizes drain for different shares of their time). Project
+targets: >= 8x the single-trajectory loop and >= 1.3x the thread pool at its best K.
 
 The server runs the same engine as a replica: its flags are built from
 ``engine_args_kwargs(pool.engine, model_path, on_cpu)`` (button_ray/llm/vllm_engine.py;

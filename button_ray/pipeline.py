@@ -458,7 +458,7 @@ def _stream(cfg: RunConfig, pools: dict[str, tuple[PoolConfig, list[Any]]], sour
     rt = cfg.runtime
     # One small block per Ray Data task: the actor holds many tasks at once, and a
     # slow item only delays the few rows of its own block.
-    rows_per_block = max(1, min(rt.batch_size, 4))
+    rows_per_block = rt.batch_size  # 1-4, checked by RuntimeConfig
     # items_in_flight_per_actor counts items; each actor call carries a block of them.
     calls_per_actor = -(-rt.items_in_flight_per_actor // rows_per_block)
     window = source_window(rt, source.max_shard_items)
