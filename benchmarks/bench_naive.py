@@ -92,7 +92,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import REPO, RESULTS_DIR, feed_window, now, table, write_result
+from benchmarks.common import REPO, RESULTS_DIR, ProcessCpu, cpu_table, feed_window, now, table, write_result
 from button_ray import summary as summ
 from button_ray.bottom_up import build_bundle
 from button_ray.config import MethodConfig, PoolConfig, RunConfig, load_config
@@ -626,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
     server: Server | None = None
     server_info: dict[str, Any] = {}
     modes: dict[int, dict[str, Any]] = {}
+    cpu = ProcessCpu(clock=time.monotonic)  # the clock of BlockingOpenAIClient.records
+    cpu.start()
     try:
         if args.server_url:
             base_url = args.server_url.rstrip("/")
@@ -656,12 +658,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench_naive] mode K={k} ...", flush=True)
             m = run_mode(k, rows, llm, cfg.method, budget, args.items, stop)
             m["prefix_cache_reset"] = cache_reset
+            # A server given by --server-url is not under this process: its CPU is missed.
+            m["cpu_feed"] = cpu.cores(m["feed"]["start"], m["feed"]["end"]) if m["feed"] else None
             modes[k] = m
             print(f"[bench_naive] K={k}: {m['items']} items, {m['accepted']} accepted in {m['wall_s']:.0f}s "
                   f"({m['accepted_per_hour']:.1f} accepted/h, {m['completion_tokens_per_s']:.1f} "
                   "completion tok/s)", flush=True)
     finally:
         stop.set()
+        cpu.stop()
         if server is not None:
             server.stop()
             print("[bench_naive] server stopped", flush=True)
@@ -678,6 +683,10 @@ def main(argv: list[str] | None = None) -> int:
          f"{m['unparseable_share']:.1%}"]
         for k, m in modes.items()
     ]))
+
+    cpu_windows = {f"K={k} feed window": m["cpu_feed"] for k, m in modes.items() if m["cpu_feed"]}
+    if cpu_windows:
+        print(f"\ncores used (mean over each feed window)\n{cpu_table(cpu_windows)}")
 
     pipeline = None
     ratio_rows = None

@@ -14,8 +14,10 @@ import os
 import platform
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -141,7 +143,122 @@ def feed_window(records: list[dict[str, Any]]) -> dict[str, float]:
         busy_drain += span * (1 - inside)
         started += r["start"] < end
     wall = max(end - t0, 1e-9)
-    return {"wall_s": end - t0, "share_of_run": (end - t0) / (t1 - t0), "requests_started": started,
+    return {"start": t0, "end": end, "wall_s": end - t0, "share_of_run": (end - t0) / (t1 - t0), "requests_started": started,
             "completion_tokens": round(completion), "completion_tokens_per_s": completion / wall,
             "tokens_per_s": (completion + prompt) / wall, "mean_in_flight": busy / wall,
             "mean_in_flight_drain": busy_drain / max(t1 - end, 1e-9)}
+
+
+def cpu_kind(title: str, driver: bool) -> str:
+    """What a process is, from its title (Ray and vLLM rename their processes)."""
+    if driver:
+        return "driver / client"
+    if "VLLM::Worker" in title:
+        return "engine worker"  # the model's forward passes
+    if "EngineCore" in title:
+        return "engine core"  # vLLM's scheduler loop (it spins while requests run)
+    if any(n in title for n in ("LLMReplica", "CeilingReplayer", "vllm serve", "vllm.entrypoints", "APIServer")):
+        return "engine front"  # AsyncLLM: request intake, detokenising, outputs (+ Ray or HTTP)
+    if any(n in title for n in ("BottomUpStage", "SimulationStage")):
+        return "stage actors"
+    if title.startswith("ray::"):
+        return "other ray workers"
+    return "ray daemons / other"
+
+
+class ProcessCpu(threading.Thread):
+    """CPU seconds of this process and every process under it, by :func:`cpu_kind`.
+
+    Samples cumulative user+system time of each process every ``interval`` s on
+    ``clock`` (pass the clock the benchmark's request records use); ``cores(t0, t1)``
+    is the mean number of cores each kind used in that window, plus the machine's busy
+    and steal time (a VM host taking the CPU away shows up as steal).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time, interval: float = 2.0) -> None:
+        super().__init__(daemon=True, name="process-cpu")
+        self.clock = clock
+        self.interval = interval
+        self.halt = threading.Event()
+        self.kinds: dict[int, str] = {}
+        self.titles: dict[int, str] = {}
+        self.series: dict[int, list[tuple[float, float]]] = {}
+        self.machine: list[tuple[float, float, float]] = []  # (t, busy s, steal s)
+
+    def start(self) -> None:
+        import psutil
+
+        self._me = psutil.Process()
+        self._procs: dict[int, psutil.Process] = {}
+        self._sample()  # before start() returns: every window the caller opens has a sample before it
+        super().start()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        import psutil
+
+        t = self.clock()
+        m = psutil.cpu_times()
+        self.machine.append((t, m.user + m.nice + m.system + getattr(m, "irq", 0.0)
+                             + getattr(m, "softirq", 0.0), getattr(m, "steal", 0.0)))
+        try:
+            tree = [self._me, *self._me.children(recursive=True)]
+        except psutil.Error:
+            return
+        for p in tree:
+            proc = self._procs.setdefault(p.pid, p)  # one handle per pid: its create time guards pid reuse
+            try:
+                cpu = proc.cpu_times()
+                title = " ".join(proc.cmdline()[:3])
+            except psutil.Error:
+                continue
+            # A Ray worker starts as ray::IDLE and takes its actor's name later.
+            self.kinds[p.pid] = cpu_kind(title, p.pid == self._me.pid)
+            self.titles[p.pid] = title[:80]
+            self.series.setdefault(p.pid, []).append((t, cpu.user + cpu.system))
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join()
+
+    @staticmethod
+    def _at(series: list[tuple[float, float]], t: float) -> float:
+        """The cumulative value at ``t``: 0 before the first sample, the last one before ``t`` after."""
+        value = 0.0
+        for ts, v in series:
+            if ts > t:
+                break
+            value = v
+        return value
+
+    def cores(self, t0: float, t1: float) -> dict[str, Any]:
+        """Mean cores per kind over ``[t0, t1]``, sorted by use; ``machine_busy``, ``steal``, and
+        the busiest processes."""
+        wall = max(t1 - t0, 1e-9)
+        by_kind: dict[str, float] = {}
+        by_process = []
+        for pid, series in self.series.items():
+            used = (self._at(series, t1) - self._at(series, t0)) / wall
+            by_kind[self.kinds[pid]] = by_kind.get(self.kinds[pid], 0.0) + used
+            by_process.append({"pid": pid, "title": self.titles.get(pid, ""), "kind": self.kinds[pid],
+                               "cores": used})
+        busy = [(t, b) for t, b, _ in self.machine]
+        steal = [(t, s) for t, _, s in self.machine]
+        return {"by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+                "machine_busy": (self._at(busy, t1) - self._at(busy, t0)) / wall,
+                "steal": (self._at(steal, t1) - self._at(steal, t0)) / wall,
+                "samples": sum(t0 <= t <= t1 for t, _, _ in self.machine),
+                # The busiest processes, so a kind's number can be checked against its titles.
+                "top_processes": sorted(by_process, key=lambda p: -p["cores"])[:12]}
+
+
+def cpu_table(windows: dict[str, dict[str, Any]]) -> str:
+    """One row per measured window (``ProcessCpu.cores`` results), one column per kind."""
+    kinds = sorted({k for c in windows.values() for k in c["by_kind"]},
+                   key=lambda k: -max(c["by_kind"].get(k, 0.0) for c in windows.values()))
+    return table(["window", *kinds, "machine busy", "steal"],
+                 [[name, *(c["by_kind"].get(k, 0.0) for k in kinds), c["machine_busy"], c["steal"]]
+                  for name, c in windows.items()])
