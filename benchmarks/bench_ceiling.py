@@ -50,7 +50,7 @@ from typing import Any, Callable
 
 import ray
 
-from benchmarks.common import REPO, ProcessCpu, cpu_table, feed_window, now, table, write_result
+from benchmarks.common import REPO, ProcessCpu, cpu_table, feed_window, now, table, timeline, write_result
 from benchmarks.recording_engine import RECORD_DIR_ENV, load_records
 from button_ray.config import PoolConfig, RunConfig, load_config
 from button_ray.pipeline import run_generate
@@ -158,9 +158,11 @@ def pipeline_numbers(records: list[dict[str, Any]], summary: dict[str, Any] | No
     wall = max(r["end"] for r in records) - min(r["start"] for r in records)
     completion = sum(r["completion_tokens"] for r in records)
     prompt = sum(len(r["prompt_token_ids"]) for r in records)
-    feed = feed_window([{**r, "prompt_tokens": len(r["prompt_token_ids"])} for r in records])
+    with_prompt = [{**r, "prompt_tokens": len(r["prompt_token_ids"])} for r in records]
+    feed = feed_window(with_prompt)
     out: dict[str, Any] = {"requests": len(records), "wall_s": wall, "completion_tokens": completion,
                            "prompt_tokens": prompt, **_rates(completion, prompt, wall), "feed": feed,
+                           "timeline": timeline(with_prompt),
                            "replicas": replicas,
                            # Where the CPU went while items entered: the engine core's share is
                            # what the model got; everything else ran beside it on the same cores.

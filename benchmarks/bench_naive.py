@@ -92,7 +92,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import REPO, RESULTS_DIR, ProcessCpu, cpu_table, feed_window, now, table, write_result
+from benchmarks.common import (REPO, RESULTS_DIR, ProcessCpu, cpu_table, feed_window, now, table, timeline,
+                               write_result)
 from button_ray import summary as summ
 from button_ray.bottom_up import build_bundle
 from button_ray.config import MethodConfig, PoolConfig, RunConfig, load_config
@@ -500,6 +501,7 @@ def run_mode(k: int, rows: list[dict[str, str]], llm: BlockingOpenAIClient, meth
         "item_latency_s_median": latencies[len(latencies) // 2] if latencies else None,
         "item_latency_s_max": latencies[-1] if latencies else None,
         "feed": feed_window(llm.records) if llm.records else None,
+        "timeline": timeline(llm.records) if llm.records else [],
     }
 
 
@@ -557,6 +559,25 @@ def print_ratios(ratio_rows: dict[str, Any], source: str) -> None:
 
 
 # -- main --------------------------------------------------------------------------------
+
+
+def print_timelines(pipeline: dict[str, Any] | None, modes: dict[int, dict[str, Any]]) -> None:
+    """Completion tok/s (requests in flight) by run age, side by side: equal ages run
+    the same mix of turns, equal feed windows of different lengths do not."""
+    runs = {f"K={k}": m["timeline"] for k, m in modes.items() if m.get("timeline")}
+    if pipeline is not None and pipeline.get("timeline"):
+        runs = {"pipeline": pipeline["timeline"], **runs}
+    if not runs:
+        return
+    slices = max(len(t) for t in runs.values())
+    rows = []
+    for i in range(slices):
+        first = next(t[i] for t in runs.values() if i < len(t))
+        rows.append([f"{first['from_s']:.0f}-{first['to_s']:.0f}s",
+                     *(f"{t[i]['completion_tokens_per_s']:.1f} ({t[i]['mean_in_flight']:.1f})" if i < len(t) else "-"
+                       for t in runs.values())])
+    print("\ncompletion tok/s (requests in flight) by time since the run's first request, feed window only")
+    print(table(["age", *runs], rows))
 
 
 def _parse_threads(text: str) -> list[int]:
@@ -702,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     if pipeline is not None:
         ratio_rows = ratios(pipeline, modes)
         print_ratios(ratio_rows, pipeline_path.name)
+    print_timelines(pipeline, modes)
 
     config = {
         "config_file": args.config,

@@ -116,15 +116,31 @@ def now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
+def _window(records: list[dict[str, Any]], a: float, b: float) -> tuple[float, float, float, int]:
+    """Completion tokens, prompt tokens and request-seconds inside ``[a, b)``, and the
+    requests started in it: a request that straddles an edge counts with the share of
+    its duration inside (completion tokens spread evenly over it; prompt tokens at its
+    start, where the prefill runs)."""
+    completion = prompt = busy = 0.0
+    started = 0
+    for r in records:
+        span = max(r["end"] - r["start"], 1e-9)
+        inside = max(0.0, min(r["end"], b) - max(r["start"], a)) / span
+        completion += r["completion_tokens"] * inside
+        busy += span * inside
+        if a <= r["start"] < b:
+            prompt += r["prompt_tokens"]
+            started += 1
+    return completion, prompt, busy, started
+
+
 def feed_window(records: list[dict[str, Any]]) -> dict[str, float]:
     """Rates while items still entered a run: from its first request until the last
     item's first one (after it, the run only drains).
 
     ``records``: one per request, with ``request_id`` (starting with its item id and
     "/"), ``start`` and ``end`` (seconds, one clock), ``prompt_tokens`` and
-    ``completion_tokens``. A request that straddles the window's end counts with the
-    share of its duration inside it (completion tokens spread evenly over it; prompt
-    tokens at its start, where the prefill runs).
+    ``completion_tokens``.
     """
     t0, t1 = min(r["start"] for r in records), max(r["end"] for r in records)
     first: dict[str, float] = {}
@@ -132,21 +148,36 @@ def feed_window(records: list[dict[str, Any]]) -> dict[str, float]:
         item = r["request_id"].split("/", 1)[0]
         first[item] = min(first.get(item, r["start"]), r["start"])
     end = max(first.values())
-    completion = prompt = busy = busy_drain = 0.0
-    started = 0
-    for r in records:
-        span = max(r["end"] - r["start"], 1e-9)
-        inside = max(0.0, min(r["end"], end) - r["start"]) / span
-        completion += r["completion_tokens"] * inside
-        prompt += r["prompt_tokens"] * (1.0 if r["start"] < end else 0.0)
-        busy += span * inside
-        busy_drain += span * (1 - inside)
-        started += r["start"] < end
+    completion, prompt, busy, started = _window(records, t0, end)
+    busy_drain = _window(records, end, t1)[2]
     wall = max(end - t0, 1e-9)
-    return {"start": t0, "end": end, "wall_s": end - t0, "share_of_run": (end - t0) / (t1 - t0), "requests_started": started,
-            "completion_tokens": round(completion), "completion_tokens_per_s": completion / wall,
-            "tokens_per_s": (completion + prompt) / wall, "mean_in_flight": busy / wall,
-            "mean_in_flight_drain": busy_drain / max(t1 - end, 1e-9)}
+    return {"start": t0, "end": end, "wall_s": end - t0, "share_of_run": (end - t0) / (t1 - t0),
+            "requests_started": started, "completion_tokens": round(completion),
+            "completion_tokens_per_s": completion / wall, "tokens_per_s": (completion + prompt) / wall,
+            "mean_in_flight": busy / wall, "mean_in_flight_drain": busy_drain / max(t1 - end, 1e-9)}
+
+
+def timeline(records: list[dict[str, Any]], step_s: float = 250.0) -> list[dict[str, float]]:
+    """Rates in consecutive ``step_s`` slices from a run's first request to the end of
+    its feed window.
+
+    A run's request mix changes with its age: its first minutes are all first turns of
+    the first stage, later ones hold the long simulation turns, which decode slower.
+    Two clients compare fairly slice by slice, not over feed windows of different
+    lengths.
+    """
+    feed = feed_window(records)
+    out = []
+    a = feed["start"]
+    while a < feed["end"]:
+        b = min(a + step_s, feed["end"])
+        completion, prompt, busy, started = _window(records, a, b)
+        wall = max(b - a, 1e-9)
+        out.append({"from_s": a - feed["start"], "to_s": b - feed["start"], "requests_started": started,
+                    "completion_tokens_per_s": completion / wall, "tokens_per_s": (completion + prompt) / wall,
+                    "mean_in_flight": busy / wall})
+        a = b
+    return out
 
 
 def cpu_kind(title: str, driver: bool) -> str:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from benchmarks.common import ProcessCpu, cpu_kind, feed_window
+from benchmarks.common import ProcessCpu, cpu_kind, feed_window, timeline
 
 
 def _record(item: str, n: int, start: float, end: float, completion: int, prompt: int = 10) -> dict:
@@ -74,3 +74,19 @@ def test_a_busy_child_process_shows_up_as_about_one_core():
     assert 0.5 < cores["by_kind"]["ray daemons / other"] < 1.3
     assert cores["by_kind"].get("driver / client", 0.0) < 0.3
     assert cores["machine_busy"] >= 0.5
+
+
+def test_timeline_slices_the_feed_window_by_run_age():
+    records = [
+        _record("a", 0, 0.0, 10.0, 100),   # 10 tok/s over [0, 10]
+        _record("b", 0, 4.0, 8.0, 40),     # b enters at 4: the feed window is [0, 4]
+        _record("a", 1, 10.0, 12.0, 20),
+    ]
+    slices = timeline(records, step_s=3.0)
+    assert [(s["from_s"], s["to_s"]) for s in slices] == [(0.0, 3.0), (3.0, 4.0)]
+    assert slices[0]["completion_tokens_per_s"] == pytest.approx(10.0)
+    assert slices[0]["mean_in_flight"] == pytest.approx(1.0)
+    assert slices[0]["requests_started"] == 1
+    # The last slice is cut at the window's end: b's first request opens the drain.
+    assert slices[1]["completion_tokens_per_s"] == pytest.approx(10.0)
+    assert slices[1]["requests_started"] == 0
