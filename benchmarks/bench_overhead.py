@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, now, table, write_result
+from benchmarks.common import REPO, machine_cpu_s, now, table, write_result
 
 MiB = 2**20
 
@@ -231,10 +231,10 @@ class TreeSampler(threading.Thread):
         except psutil.Error:
             return
         cache: dict[int, psutil.Process] = {}
-        self.machine_cpu_start, self.wall_start = _busy_cpu_s(), time.monotonic()
+        self.machine_cpu_start, self.wall_start = machine_cpu_s()[0], time.monotonic()
         while not self.stop.is_set():
             self.load_samples.append(os.getloadavg()[0])
-            self.machine_cpu_end, self.wall_end = _busy_cpu_s(), time.monotonic()
+            self.machine_cpu_end, self.wall_end = machine_cpu_s()[0], time.monotonic()
             try:
                 rss = root.memory_info().rss
                 if rss > self.driver_peak:
@@ -298,13 +298,6 @@ class TreeSampler(threading.Thread):
             "daemons_peak_rss_mib": daemons,
             "cpu_s_by_kind": _cpu_by_kind(self.procs),
         }
-
-
-def _busy_cpu_s() -> float:
-    import psutil
-
-    t = psutil.cpu_times()
-    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
 def _cpu_by_kind(procs: dict[int, dict[str, Any]]) -> dict[str, float]:

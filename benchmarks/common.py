@@ -180,6 +180,15 @@ def timeline(records: list[dict[str, Any]], step_s: float = 250.0) -> list[dict[
     return out
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """The machine's busy CPU seconds since boot (all cores), and its steal seconds."""
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return busy, getattr(t, "steal", 0.0)
+
+
 def cpu_kind(title: str, driver: bool) -> str:
     """What a process is, from its title (Ray and vLLM rename their processes)."""
     if driver:
@@ -232,9 +241,7 @@ class ProcessCpu(threading.Thread):
         import psutil
 
         t = self.clock()
-        m = psutil.cpu_times()
-        self.machine.append((t, m.user + m.nice + m.system + getattr(m, "irq", 0.0)
-                             + getattr(m, "softirq", 0.0), getattr(m, "steal", 0.0)))
+        self.machine.append((t, *machine_cpu_s()))
         try:
             tree = [self._me, *self._me.children(recursive=True)]
         except psutil.Error:
