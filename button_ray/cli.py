@@ -31,9 +31,20 @@ def _load(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from button_ray import summary
     from button_ray.inputs import InputError
+    from button_ray.llm.pool import LLMUnavailableError
     from button_ray.pipeline import EngineStartError, run_generate
     from button_ray.sink import OutputError
 
@@ -43,6 +54,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except (OutputError, InputError, EngineStartError) as exc:
         print(f"button-ray: {exc}", file=sys.stderr)
         return 2
+    except LLMUnavailableError as exc:
+        print(f"button-ray: the job stopped, no engine answered: {exc}; committed shards are kept, "
+              "and the same command resumes the run", file=sys.stderr)
+        return 3
     summary.render(result)
     print(f"output: {cfg.output.uri} (summary.json, manifest.json)")
     return 0
@@ -87,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate BUTTON trajectories (resumes an existing output)")
     common(g)
     g.add_argument("--output", help="output URI (local path, s3://...); overrides output.uri")
-    g.add_argument("--num-scenarios", type=int, default=None, help="use the first N scenarios")
+    g.add_argument("--num-scenarios", type=_positive_int, default=None,
+                   help="use the first N scenarios (N >= 1; a resume may change it)")
     g.set_defaults(fn=cmd_generate)
 
     s = sub.add_parser("scenarios", help="extract, expand and deduplicate a scenario pool")

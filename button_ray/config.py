@@ -1,9 +1,12 @@
 """Configuration: frozen pydantic models; YAML is only their serial form.
 
-Every choice of the method is a field here (BUTTON.md: "every choice must be a config
-field, not a constant"). :meth:`RunConfig.fingerprint` hashes everything that changes
-outputs (method, models, prompts, seed, input) and nothing that does not (replica
-counts, actor counts, output URI), so resuming on a bigger cluster keeps the ids.
+Every choice of the method is a field here, never a constant. :meth:`RunConfig.fingerprint`
+hashes everything that changes outputs (method, models, prompts, seed, input) and
+nothing that does not (replica counts, engine memory and batching, actor counts, the
+output location and its shard size, the scenario-pool job's settings), so a resume may
+move to a bigger cluster or lower an engine's memory share and keep its ids. Each model
+classifies every one of its fields in ``OUTPUTS`` or ``NOT_OUTPUTS``
+(``tests/test_config.py`` fails on a field that is in neither).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,6 +30,27 @@ class ConfigError(ValueError):
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    #: Fields whose value changes what a run writes: they go into the fingerprint.
+    OUTPUTS: ClassVar[frozenset[str]] = frozenset()
+    #: Fields that change speed, placement or where things go, never a record.
+    NOT_OUTPUTS: ClassVar[frozenset[str]] = frozenset()
+
+    def fingerprint_payload(self) -> dict[str, Any]:
+        """The JSON value of the ``OUTPUTS`` fields, nested configs reduced the same way."""
+        return {name: _payload(getattr(self, name)) for name in sorted(self.OUTPUTS)}
+
+
+def _payload(value: Any) -> Any:
+    if isinstance(value, _Config):
+        return value.fingerprint_payload()
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (tuple, list)):
+        return [_payload(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _payload(v) for k, v in value.items()}
+    return value
+
 
 def _s(temperature: float, max_tokens: int, top_p: float = 0.95) -> Sampling:
     return Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
@@ -34,6 +58,9 @@ def _s(temperature: float, max_tokens: int, top_p: float = 0.95) -> Sampling:
 
 class StageSampling(_Config):
     """Sampling per bottom-up stage and per agent role (seeds are derived per request)."""
+
+    OUTPUTS = frozenset({"scenario_extraction", "scenario_expansion", "atomic_task", "composition",
+                         "composition_filter", "functions", "user_agent", "assistant_agent", "tool_agent"})
 
     scenario_extraction: Sampling = Field(_s(0.3, 48), description="Naming a seed chat's scenario.")
     scenario_expansion: Sampling = Field(_s(1.0, 48), description="Inventing a new scenario.")
@@ -50,7 +77,17 @@ class StageSampling(_Config):
 
 
 class MethodConfig(_Config):
-    """The BUTTON method's choices (BUTTON.md marks ours with '(ours)')."""
+    """The BUTTON method's choices (docs/button_method.md marks the ones that are ours)."""
+
+    OUTPUTS = frozenset({
+        "atomic_tasks_per_scenario", "strategy_mix", "parallel_ratio", "max_assistant_turns",
+        "max_clarifications", "max_trajectory_tokens", "retries", "use_constraints", "thought_max_chars",
+        "message_max_chars", "plain_prose", "user_openers", "value_max_chars", "max_calls_per_turn",
+        "steer_calls", "steer_max_calls", "max_functions_per_subtask", "min_functions_per_subtask",
+        "function_name_pattern", "function_names_from_subtask", "parameter_name_pattern",
+        "atomic_task_max_words", "reject_prompt_copies", "pin_first_subtask", "plain_text", "min_calls",
+        "min_assistant_turns", "sampling",
+    })
 
     atomic_tasks_per_scenario: int = Field(2, ge=1, le=64, description="Items (slots) per scenario.")
     strategy_mix: dict[Literal["sequential", "parallel_then_sequential"], float] = Field(
@@ -187,12 +224,23 @@ class MethodConfig(_Config):
 class ScenarioConfig(_Config):
     """Where scenarios come from, and how the scenario pool is grown and deduplicated."""
 
+    OUTPUTS = frozenset({"source", "text_field"})
+    # limit changes what is pending, never a record; the rest is the scenario-pool job's.
+    NOT_OUTPUTS = frozenset({"limit", "storage_options", "dedup_threshold", "embedding_model",
+                             "scenario_max_words", "conversation_max_chars", "expansion_rounds",
+                             "concurrency"})
+
     source: str = Field(
         "default",
         description="'default' (the shipped list) or a path/URI to .txt, .jsonl or .parquet "
         "(local, s3://, gs://).",
     )
     text_field: str = Field("scenario", description="Column holding the scenario in JSONL/Parquet.")
+    storage_options: dict[str, Any] | None = Field(
+        None,
+        description="fsspec options for reading source (endpoint, keys); None: the same as "
+        "output.storage_options. Never written to the output in clear.",
+    )
     limit: int | None = Field(None, ge=1, description="Use at most this many scenarios.")
     dedup_threshold: float = Field(
         0.85, gt=0.0, le=1.0, description="Cosine similarity at or above which scenarios are duplicates."
@@ -216,6 +264,11 @@ class ScenarioConfig(_Config):
 
 class EngineConfig(_Config):
     """vLLM engine arguments of one replica."""
+
+    OUTPUTS = frozenset({"model", "dtype", "max_model_len", "seed", "extra"})
+    # Memory, batching and parallelism: how fast the same model answers, not what it says.
+    NOT_OUTPUTS = frozenset({"max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
+                             "enable_prefix_caching", "enable_chunked_prefill", "tensor_parallel_size"})
 
     model: str = Field(
         "embedded",
@@ -241,6 +294,9 @@ class EngineConfig(_Config):
 class PoolConfig(_Config):
     """A set of identical replicas serving some roles."""
 
+    OUTPUTS = frozenset({"roles", "engine", "engine_class"})
+    NOT_OUTPUTS = frozenset({"name", "replicas", "num_gpus", "num_cpus", "max_inflight", "request_timeout_s"})
+
     name: str = Field("main", pattern=r"^[a-z0-9_\-]+$")
     roles: tuple[Role, ...] = Field(ROLES, description="Roles this pool serves.")
     replicas: int = Field(1, ge=1)
@@ -265,6 +321,9 @@ class PoolConfig(_Config):
 class RuntimeConfig(_Config):
     """How the work is spread over Ray; changes speed, never outputs."""
 
+    NOT_OUTPUTS = frozenset({"bottom_up_actors", "simulation_actors", "items_in_flight_per_actor", "batch_size",
+                             "actor_num_cpus", "affinity_routing", "progress_interval_s", "ray_address"})
+
     bottom_up_actors: int = Field(1, ge=1)
     simulation_actors: int = Field(1, ge=1)
     items_in_flight_per_actor: int = Field(
@@ -288,6 +347,9 @@ class RuntimeConfig(_Config):
 class OutputConfig(_Config):
     """Where results go."""
 
+    # A resume may change the shard size: committed shards are found by their scenarios.
+    NOT_OUTPUTS = frozenset({"uri", "shard_size", "storage_options"})
+
     uri: str = Field("./button_output", description="Local path or fsspec URI (s3://bucket/prefix).")
     shard_size: int = Field(64, ge=1, description="Scenarios per output shard.")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options.")
@@ -295,6 +357,9 @@ class OutputConfig(_Config):
 
 class RunConfig(_Config):
     """Everything one `button-ray generate` run needs."""
+
+    OUTPUTS = frozenset({"seed", "scenarios", "method", "pools"})
+    NOT_OUTPUTS = frozenset({"runtime", "output"})
 
     seed: int = Field(0, ge=0, description="Root seed; every request seed derives from it and record ids.")
     scenarios: ScenarioConfig = ScenarioConfig()
@@ -322,20 +387,11 @@ class RunConfig(_Config):
         return next(p for p in self.pools if role in p.roles)
 
     def fingerprint(self, template_hashes: dict[str, str] | None = None) -> str:
-        """Hash of everything that changes outputs; see the module docstring."""
+        """Hash of the ``OUTPUTS`` fields of every config and of the prompt templates."""
         from button_ray.prompts import template_hashes as _hashes
 
-        payload = {
-            "seed": self.seed,
-            "scenarios": self.scenarios.model_dump(mode="json", exclude={"limit"}),
-            "method": self.method.model_dump(mode="json"),
-            "models": {
-                p.name: {"roles": list(p.roles), "engine": p.engine.model_dump(mode="json"),
-                         "engine_class": p.engine_class}
-                for p in self.pools
-            },
-            "templates": template_hashes if template_hashes is not None else _hashes(),
-        }
+        payload = {"config": self.fingerprint_payload(),
+                   "templates": template_hashes if template_hashes is not None else _hashes()}
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -1,22 +1,30 @@
-"""Scenario input: the shipped default list, or a file read with Ray Data via fsspec.
+"""Scenario input: the shipped default list, or a file read through fsspec.
 
 The ordered list of scenarios is what shards are cut from, so it must come out in the
-same order every time: files are read with ``preserve_order``. Exact duplicates are
-dropped (their ids would collide); near-duplicates are the ``scenarios`` job's business.
+same order every time. Exact duplicates are dropped (their ids would collide);
+near-duplicates are the ``scenarios`` job's business.
+
+Files are read in the driver with fsspec, not with Ray Data: the driver holds the
+ordered list anyway (it plans the shards), the input is read before Ray starts, and a
+bad value is reported with its file and line, before the output is claimed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import io
+import json
+from typing import Any, Iterator
 
 import fsspec
 
 from button_ray.config import ScenarioConfig
 from button_ray.records import Scenario, stable_id
 
+_FORMATS = (".txt", ".jsonl", ".json", ".parquet")
+
 
 class InputError(ValueError):
-    """The scenario input cannot be read."""
+    """The scenario input cannot be read; the message names the file, the line and the problem."""
 
 
 def scenario_id(text: str) -> str:
@@ -24,12 +32,17 @@ def scenario_id(text: str) -> str:
     return stable_id("scenario", " ".join(text.lower().split()))
 
 
+def input_options(cfg: ScenarioConfig, output_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The fsspec options the input is read with: its own, else the output's."""
+    return dict(cfg.storage_options if cfg.storage_options is not None else (output_options or {}))
+
+
 def check_input(cfg: ScenarioConfig, storage_options: dict[str, Any] | None = None) -> None:
     """Preflight: the input exists and has a supported format."""
     if cfg.source == "default":
         return
-    if not cfg.source.endswith((".txt", ".jsonl", ".json", ".parquet")):
-        raise InputError(f"scenarios.source {cfg.source!r}: use a .txt, .jsonl or .parquet file")
+    if not cfg.source.endswith(_FORMATS):
+        raise InputError(f"scenarios.source {cfg.source!r}: use a .txt, .jsonl, .json or .parquet file")
     try:
         fs, path = fsspec.core.url_to_fs(cfg.source, **(storage_options or {}))
         found = fs.exists(path)
@@ -39,34 +52,99 @@ def check_input(cfg: ScenarioConfig, storage_options: dict[str, Any] | None = No
         raise InputError(f"scenarios.source {cfg.source!r} does not exist")
 
 
-def _read_texts(cfg: ScenarioConfig) -> list[str]:
-    import ray.data
+def _text_value(value: Any, where: str, field: str) -> str | None:
+    """The scenario text of one row, or None for a blank one; anything but text is an error."""
+    if value is None:
+        raise InputError(f"{where}: no value in field {field!r} (scenarios.text_field)")
+    if not isinstance(value, str):
+        kind = "a list" if isinstance(value, list) else type(value).__name__
+        raise InputError(f"{where}: field {field!r} (scenarios.text_field) holds {kind}, not text")
+    return value.strip() or None
 
-    ctx = ray.data.DataContext.get_current()
-    previous = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True
+
+def _texts(source: str, data: bytes, field: str) -> Iterator[str]:
+    name = source
+    if source.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
+            raise InputError(f"{name}: not a Parquet file ({exc})") from exc
+        if field not in pf.schema_arrow.names:
+            raise InputError(f"{name} has no column {field!r} (scenarios.text_field); "
+                             f"its columns: {pf.schema_arrow.names}")
+        column_type = pf.schema_arrow.field(field).type
+        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+            raise InputError(f"{name}: column {field!r} (scenarios.text_field) is {column_type}, not text")
+        row = 0
+        for batch in pf.iter_batches(columns=[field]):
+            for value in batch.column(0).to_pylist():
+                row += 1
+                text = _text_value(value, f"{name} row {row}", field)
+                if text:
+                    yield text
+        return
     try:
-        if cfg.source.endswith(".txt"):
-            rows = ray.data.read_text(cfg.source).iter_rows()
-            return [r["text"] for r in rows]
-        reader = ray.data.read_parquet if cfg.source.endswith(".parquet") else ray.data.read_json
-        ds = reader(cfg.source)
-        if cfg.text_field not in ds.columns():
-            raise InputError(f"{cfg.source!r} has no column {cfg.text_field!r} (scenarios.text_field)")
-        return [r[cfg.text_field] for r in ds.select_columns([cfg.text_field]).iter_rows()]
-    finally:
-        ctx.execution_options.preserve_order = previous
+        content = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"{name} line {line}: not UTF-8 text (byte {data[exc.start]:#04x})") from exc
+    if source.endswith(".txt"):
+        for line in content.splitlines():
+            if line.strip():
+                yield line.strip()
+        return
+    if source.endswith(".json") and content.lstrip().startswith("["):
+        try:
+            rows = json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{name} line {exc.lineno}: not valid JSON ({exc.msg})") from exc
+        numbered = ((f"{name} element {i}", row) for i, row in enumerate(rows, 1))
+    else:
+        numbered = _json_lines(name, content)
+    for where, row in numbered:
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: expected a JSON object with field {field!r}, got {type(row).__name__}")
+        if field not in row:
+            raise InputError(f"{where}: no field {field!r} (scenarios.text_field); fields: {sorted(row)}")
+        text = _text_value(row[field], where, field)
+        if text:
+            yield text
 
 
-def read_scenarios(cfg: ScenarioConfig, limit: int | None = None) -> list[Scenario]:
-    """The ordered, exact-deduplicated scenario list (Ray must be initialised for files)."""
+def _json_lines(name: str, content: str) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{name} line {number}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{name} line {number}: not valid JSON ({exc.msg})") from exc
+
+
+def read_scenarios(cfg: ScenarioConfig, limit: int | None = None,
+                   storage_options: dict[str, Any] | None = None) -> list[Scenario]:
+    """The ordered, exact-deduplicated scenario list; an :class:`InputError` if there is none.
+
+    ``limit`` (else ``cfg.limit``) keeps the first scenarios; it must be at least 1.
+    ``storage_options`` are the fsspec options the file is read with.
+    """
+    limit = cfg.limit if limit is None else limit
+    if limit is not None and limit < 1:
+        raise InputError(f"the number of scenarios must be at least 1, not {limit}")
     if cfg.source == "default":
         from button_ray.bottom_up.scenarios import load_default_scenarios
 
-        texts, source = load_default_scenarios(), "default"
+        texts, source = iter(load_default_scenarios()), "default"
     else:
-        texts, source = _read_texts(cfg), cfg.source.rsplit("/", 1)[-1]
-    limit = limit or cfg.limit
+        try:
+            with fsspec.open(cfg.source, "rb", **(storage_options or {})) as f:
+                data = f.read()
+        except Exception as exc:  # noqa: BLE001 - missing, denied, unreachable: all "cannot read"
+            raise InputError(f"scenarios.source {cfg.source!r} cannot be read: {type(exc).__name__}: {exc}") from exc
+        texts, source = _texts(cfg.source, data, cfg.text_field), cfg.source.rsplit("/", 1)[-1]
     seen: set[str] = set()
     scenarios: list[Scenario] = []
     for text in texts:
@@ -80,4 +158,6 @@ def read_scenarios(cfg: ScenarioConfig, limit: int | None = None) -> list[Scenar
         scenarios.append(Scenario(scenario_id=sid, text=text, source=source))
         if limit is not None and len(scenarios) >= limit:
             break
+    if not scenarios:
+        raise InputError(f"scenarios.source {cfg.source!r} holds no scenarios")
     return scenarios

@@ -29,7 +29,7 @@ import ray
 
 from button_ray import summary as summ
 from button_ray.config import MethodConfig, PoolConfig, RunConfig
-from button_ray.inputs import check_input, read_scenarios
+from button_ray.inputs import check_input, input_options, read_scenarios
 from button_ray.llm.pool import LLMUnavailableError, PoolClient
 from button_ray.llm.replica import start_replicas
 from button_ray.prompts import template_hashes
@@ -42,7 +42,7 @@ from button_ray.records import (
     item_row,
     stable_id,
 )
-from button_ray.sink import OutputStore, ShardPlan, plan_shards, redact
+from button_ray.sink import OutputStore, ShardPlan, covered_scenarios, plan_shards, redact
 
 log = logging.getLogger(__name__)
 
@@ -299,16 +299,25 @@ class ShardSink:
         self.manifest_interval_s = manifest_interval_s
         self._manifest_at = time.monotonic()
 
-    def add(self, shard: str, item: WorkItem) -> None:
+    def add(self, shard: str, item: WorkItem) -> bool:
+        """Take one finished item; False if it was delivered before (it is ignored)."""
         # At-least-once execution may deliver an item twice; the first one counts,
         # also when its shard is committed already.
         if shard in self.markers:
-            return
+            return False
         buf = self.buffers.setdefault(shard, {})
-        buf.setdefault(item.item_id, item)
+        if item.item_id in buf:
+            return False
+        buf[item.item_id] = item
         plan = self.plans[shard]
         if len(buf) == plan.items:
             self._commit(plan, list(self.buffers.pop(shard).values()))
+        return True
+
+    def missing(self) -> dict[str, int]:
+        """Items not delivered, per uncommitted shard (also shards that delivered none)."""
+        return {key: plan.items - len(self.buffers.get(key, {}))
+                for key, plan in self.plans.items() if key not in self.markers}
 
     def _commit(self, plan: ShardPlan, items: list[WorkItem]) -> None:
         items.sort(key=lambda i: (plan.scenario_ids.index(i.scenario.scenario_id), i.slot))
@@ -380,57 +389,60 @@ def _stop_pools(pools: dict[str, tuple[PoolConfig, list[Any]]]) -> None:
                 pass
 
 
+def _recorded_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as written to _run.json: storage credentials never in clear."""
+    recorded = cfg.model_dump(mode="json")
+    recorded["output"]["storage_options"] = redact(recorded["output"]["storage_options"])
+    if recorded["scenarios"]["storage_options"] is not None:
+        recorded["scenarios"]["storage_options"] = redact(recorded["scenarios"]["storage_options"])
+    return recorded
+
+
 def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
-    """Run (or resume) one generation job; return the summary written to summary.json."""
+    """Run (or resume) one generation job; return the summary written to summary.json.
+
+    Everything that can be checked is checked before the output is claimed: the output
+    is writable and the input is read whole. A resume skips the scenarios of committed
+    shards; ``limit`` (or ``scenarios.limit``) and the shard size change what is pending,
+    never what is committed.
+    """
     started = time.monotonic()
     hashes = template_hashes()
     fingerprint = cfg.fingerprint(hashes)
 
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
     store.preflight()
-    check_input(cfg.scenarios, cfg.output.storage_options)
-    recorded = cfg.model_dump(mode="json")
-    # _run.json records the config, never the storage credentials.
-    recorded["output"]["storage_options"] = redact(recorded["output"]["storage_options"])
-    resuming = store.claim(fingerprint, recorded)
+    in_options = input_options(cfg.scenarios, cfg.output.storage_options)
+    check_input(cfg.scenarios, in_options)
+    scenarios = read_scenarios(cfg.scenarios, limit, in_options)
+    resuming = store.claim(fingerprint, _recorded_config(cfg))
 
-    _init_ray(cfg)
-    scenarios = read_scenarios(cfg.scenarios, limit)
     slots = cfg.method.atomic_tasks_per_scenario
-    plans = plan_shards(fingerprint, [s.scenario_id for s in scenarios], cfg.output.shard_size, slots)
     committed = store.committed()
-    pending = [p for p in plans if p.key not in committed]
+    requested = [s.scenario_id for s in scenarios]
+    pending = plan_shards(fingerprint, requested, cfg.output.shard_size, slots, covered_scenarios(committed.values()))
     if resuming:
-        print(f"[button-ray] resuming {cfg.output.uri}: {len(plans) - len(pending)} of {len(plans)} "
-              "shards already committed", flush=True)
+        done = len(requested) - sum(len(p.scenario_ids) for p in pending)
+        print(f"[button-ray] resuming {cfg.output.uri}: {done} of {len(requested)} scenarios already committed "
+              f"({len(committed)} shards)", flush=True)
 
+    # Every committed shard stays in the manifest, also those beyond this run's limit.
     sink = ShardSink(store, fingerprint, pending, lineage={})
-    sink.markers = {k: m for k, m in committed.items() if k in {p.key for p in plans}}
+    sink.markers = dict(committed)
     progress = summ.Progress(sum(p.items for p in pending), cfg.runtime.progress_interval_s)
-
+    replica_metrics: dict[str, Any] = {}
     if pending:
-        pools, infos = _start_pools(cfg)
-        progress.probe = lambda: _engine_activity(pools)
-        progress.start_heartbeat()
+        # _SUCCESS describes the run that wrote it; this one has work left.
+        store.remove("_SUCCESS")
         try:
-            sink.lineage = {
-                "config_fingerprint": fingerprint,
-                "models": {role: infos[p.name]["model"] for p in cfg.pools for role in p.roles},
-                "engine_version": next(iter(infos.values()))["engine_version"],
-                "template_hashes": hashes,
-            }
-            source = ItemSource(shard_rows(pending, {s.scenario_id: s for s in scenarios}),
-                                fingerprint, cfg.seed, slots, max(p.items for p in pending))
-            _stream(cfg, pools, source, sink, progress)
-            progress.maybe_print(force=True)
-            replica_metrics = {name: ray.get([h.metrics.remote() for h in handles])
-                               for name, (_, handles) in pools.items()}
-        finally:
-            progress.stop_heartbeat()
-            # The engines end with the job, also when it fails (e.g. storage gone).
-            _stop_pools(pools)
-    else:
-        replica_metrics = {}
+            replica_metrics = _run_pending(cfg, fingerprint, hashes, pending, scenarios, sink, progress)
+        except BaseException:
+            # Shards committed since the last manifest stay visible to readers.
+            try:
+                sink.write_manifest()
+            except Exception as exc:  # noqa: BLE001 - the first error is the one to report
+                log.warning("could not rewrite manifest.json after the failure: %s", exc)
+            raise
 
     sink.write_manifest()
     whole = summ.merge(m["stats"] for m in sink.markers.values())
@@ -438,9 +450,36 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
     result.update({"fingerprint": fingerprint, "output": cfg.output.uri,
                    "shards": len(sink.markers), "resumed": resuming, "replicas": replica_metrics})
     store.write_json("summary.json", result)
-    if len(sink.markers) == len(plans):
-        store.write_json("_SUCCESS", {"fingerprint": fingerprint, "shards": len(plans)})
+    if set(requested) <= covered_scenarios(sink.markers.values()):
+        store.write_json("_SUCCESS", {"fingerprint": fingerprint, "shards": len(sink.markers),
+                                      "scenarios": len(requested)})
     return result
+
+
+def _run_pending(cfg: RunConfig, fingerprint: str, hashes: dict[str, str], pending: list[ShardPlan],
+                 scenarios: list[Scenario], sink: ShardSink, progress: summ.Progress) -> dict[str, Any]:
+    """Start Ray and the engines, stream the pending shards into ``sink``; the replicas' metrics."""
+    _init_ray(cfg)
+    pools, infos = _start_pools(cfg)
+    progress.probe = lambda: _engine_activity(pools)
+    progress.start_heartbeat()
+    try:
+        sink.lineage = {
+            "config_fingerprint": fingerprint,
+            "models": {role: infos[p.name]["model"] for p in cfg.pools for role in p.roles},
+            "engine_version": next(iter(infos.values()))["engine_version"],
+            "template_hashes": hashes,
+        }
+        source = ItemSource(shard_rows(pending, {s.scenario_id: s for s in scenarios}),
+                            fingerprint, cfg.seed, cfg.method.atomic_tasks_per_scenario,
+                            max(p.items for p in pending))
+        _stream(cfg, pools, source, sink, progress)
+        progress.maybe_print(force=True)
+        return {name: ray.get([h.metrics.remote() for h in handles]) for name, (_, handles) in pools.items()}
+    finally:
+        progress.stop_heartbeat()
+        # The engines end with the job, also when it fails (e.g. storage gone).
+        _stop_pools(pools)
 
 
 def _stream(cfg: RunConfig, pools: dict[str, tuple[PoolConfig, list[Any]]], source: ItemSource,
@@ -489,8 +528,8 @@ def _stream(cfg: RunConfig, pools: dict[str, tuple[PoolConfig, list[Any]]], sour
         for batch in batches:
             for raw, shard in zip(batch["item"], batch["shard"]):
                 item = WorkItem.model_validate_json(raw)
-                sink.add(str(shard), item)
-                progress.update(item)
+                if sink.add(str(shard), item):
+                    progress.update(item)
                 arrived += 1
             if arrived >= lot:
                 gate.deliver.remote(arrived)
@@ -503,7 +542,7 @@ def _stream(cfg: RunConfig, pools: dict[str, tuple[PoolConfig, list[Any]]], sour
         if close is not None:
             close()
         ray.kill(gate, no_restart=True)
-    if sink.buffers:
-        missing = {k: sink.plans[k].items - len(v) for k, v in sink.buffers.items()}
+    missing = sink.missing()
+    if missing:
         raise RuntimeError(f"stream ended with incomplete shards (shard: items missing): {missing}")
     return gate_stats

@@ -7,13 +7,16 @@ Layout under the output URI (local path or any fsspec URI)::
     rejected/shard-<key>.parquet   rejected and failed items of the shard
     _commits/shard-<key>.json  commit marker, written only after both files are complete
     manifest.json              committed shards and row counts (what readers read)
-    summary.json, _SUCCESS     written when every input has an outcome
+    summary.json               the funnel over every committed shard
+    _SUCCESS                   every requested input has an outcome (removed when a
+                               run with pending work starts)
 
-A shard is a fixed group of scenarios; its key is a hash of the config fingerprint and
-its scenario ids, so a re-run computes the same keys, overwrites orphans of a crashed
-attempt and skips committed shards. Object stores make a file visible only once it is
-completely written, so "marker exists" implies "data complete". Listings are never
-trusted from a cache.
+A shard is a group of scenarios; its key is a hash of the config fingerprint and its
+scenario ids. A run skips the scenarios that committed shards cover (whatever shard
+size or limit committed them) and cuts the rest into shards, so a rerun computes the
+same keys for the same pending work and overwrites the orphans of a crashed attempt.
+Object stores make a file visible only once it is completely written, so "marker
+exists" implies "data complete". Listings are never trusted from a cache.
 """
 
 from __future__ import annotations
@@ -48,8 +51,19 @@ _OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "az", "oss"}
 STORAGE_ATTEMPTS = 4
 STORAGE_BACKOFF_S = 1.0
 
-#: storage_options keys whose values are never written into the output (_run.json).
-_SECRET_KEYS = ("key", "secret", "token", "password", "credential", "session")
+#: storage_options keys whose values are written into the output (_run.json) as they are:
+#: where the storage is and how it is addressed. Every other value may be a secret (a key,
+#: a token, a connection string, a service-account file) and is written as '***'.
+_SAFE_OPTION_KEYS = frozenset({
+    "endpoint_url", "region_name", "region", "addressing_style", "signature_version", "use_ssl",
+    "verify", "anon", "requester_pays", "use_listings_cache", "skip_instance_cache", "listings_expiry_time",
+    "version_aware", "cache_regions", "default_block_size", "default_fill_cache", "default_cache_type",
+    "max_concurrency", "fixed_upload_size", "s3_additional_kwargs", "retries", "max_attempts", "mode",
+    "connect_timeout", "read_timeout", "max_pool_connections", "project", "location", "account_name",
+    "auto_mkdir",
+})
+#: Option keys whose dict values hold more options (recursed into, not redacted whole).
+_NESTED_OPTION_KEYS = frozenset({"client_kwargs", "config_kwargs", "s3", "retries"})
 
 
 class OutputError(RuntimeError):
@@ -119,13 +133,22 @@ def describe_storage_error(exc: BaseException, uri: str, options: dict[str, Any]
 
 
 def redact(options: Any) -> Any:
-    """A copy of (nested) storage options with secret values replaced by '***'."""
-    if isinstance(options, dict):
-        return {k: ("***" if any(s in str(k).lower() for s in _SECRET_KEYS) and not isinstance(v, dict)
-                    else redact(v)) for k, v in options.items()}
-    if isinstance(options, list):
-        return [redact(v) for v in options]
-    return options
+    """A copy of (nested) storage options where only known-safe values stay in clear.
+
+    An allowlist, not a list of secret-looking names: a new backend's credential
+    (an Azure ``connection_string``, a ``credentials`` file) must never reach the output.
+    """
+    if not isinstance(options, dict):
+        return "***"
+    out: dict[str, Any] = {}
+    for k, v in options.items():
+        if isinstance(v, dict) and k in _NESTED_OPTION_KEYS:
+            out[k] = redact(v)
+        elif k in _SAFE_OPTION_KEYS and (v is None or isinstance(v, (bool, int, float, str))):
+            out[k] = v
+        else:
+            out[k] = "***"
+    return out
 
 
 @dataclass(frozen=True)
@@ -137,13 +160,27 @@ class ShardPlan:
     items: int
 
 
-def plan_shards(fingerprint: str, scenario_ids: list[str], shard_size: int, slots: int) -> list[ShardPlan]:
-    """Cut the ordered scenario list into shards of ``shard_size`` scenarios."""
+def plan_shards(fingerprint: str, scenario_ids: list[str], shard_size: int, slots: int,
+                covered: Iterable[str] = ()) -> list[ShardPlan]:
+    """Cut the ordered scenarios not yet ``covered`` into shards of ``shard_size`` scenarios.
+
+    ``covered`` holds the scenarios of committed shards: what is committed stays as it
+    was committed, whatever the limit or shard size of a later run, and only the rest is
+    cut anew. The same pending scenarios and shard size give the same keys, so a rerun
+    after a crash overwrites its orphans.
+    """
+    done = set(covered)
+    pending = [sid for sid in scenario_ids if sid not in done]
     plans = []
-    for start in range(0, len(scenario_ids), shard_size):
-        ids = tuple(scenario_ids[start : start + shard_size])
+    for start in range(0, len(pending), shard_size):
+        ids = tuple(pending[start : start + shard_size])
         plans.append(ShardPlan(key=stable_id(fingerprint, *ids), scenario_ids=ids, items=len(ids) * slots))
     return plans
+
+
+def covered_scenarios(markers: Iterable[dict[str, Any]]) -> set[str]:
+    """The scenario ids whose items are committed (every slot of each)."""
+    return {sid for m in markers for sid in m["scenario_ids"]}
 
 
 def _fs_options(uri: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -225,19 +262,39 @@ class OutputStore:
             raise OutputError(describe_storage_error(exc, self.uri, self.storage_options)) from exc
 
     def claim(self, fingerprint: str, config: dict[str, Any]) -> bool:
-        """Record this run's fingerprint, or check it matches; True when resuming."""
+        """Record this run's fingerprint, or check it matches; True when resuming.
+
+        An output whose earlier attempt committed nothing (it failed to start, or its
+        input was wrong) takes the new config: only committed records tie an output to
+        a config.
+        """
         existing = self._read_json("_run.json")
-        if existing is None:
-            self.write_json("_run.json", {"fingerprint": fingerprint, "config": config,
-                                          "created": time.time()})
-            return False
-        if existing.get("fingerprint") != fingerprint:
-            raise OutputError(
-                f"output {self.uri!r} holds a run with config fingerprint {existing.get('fingerprint')} "
-                f"but this config's fingerprint is {fingerprint}; resume with the same config, "
-                "or pass a new --output"
-            )
-        return True
+        if existing is not None and existing.get("fingerprint") == fingerprint:
+            return True
+        if existing is not None:
+            if self.committed():
+                raise OutputError(
+                    f"output {self.uri!r} holds committed records of config fingerprint "
+                    f"{existing.get('fingerprint')} but this config's fingerprint is {fingerprint}; resume with "
+                    "the same config, or pass a new --output"
+                )
+            print(f"[button-ray] {self.uri}: an earlier attempt with config fingerprint "
+                  f"{existing.get('fingerprint')} committed nothing; starting over with fingerprint {fingerprint}",
+                  flush=True)
+        self.write_json("_run.json", {"fingerprint": fingerprint, "config": config, "created": time.time()})
+        return False
+
+    def remove(self, rel: str) -> None:
+        """Delete ``rel`` if it exists."""
+        path = self.path(rel)
+
+        def rm() -> None:
+            try:
+                self.fs.rm_file(path)
+            except FileNotFoundError:
+                pass
+
+        _retry(rm, f"delete {path}")
 
     # -- shards ----------------------------------------------------------------------
     def committed(self) -> dict[str, dict[str, Any]]:
@@ -282,27 +339,35 @@ class OutputStore:
             }
             self.write_json(f"_commits/shard-{plan.key}.json", marker)
         except Exception as exc:
-            if not (_is_transient(exc) or isinstance(exc, (FileNotFoundError, PermissionError))):
-                raise
-            raise OutputError(
-                f"could not commit shard {plan.key}: {describe_storage_error(exc, self.uri, self.storage_options)}"
-                "; shards committed before are kept, and the same command resumes the run"
-            ) from exc
+            raise self._storage_error(exc, f"could not commit shard {plan.key}") from exc
         return marker
 
+    def _storage_error(self, exc: Exception, what: str) -> Exception:
+        """``exc`` as one sentence that says how to go on, if it is a storage failure."""
+        if not (_is_transient(exc) or isinstance(exc, (FileNotFoundError, PermissionError))):
+            return exc
+        return OutputError(
+            f"{what}: {describe_storage_error(exc, self.uri, self.storage_options)}"
+            "; shards committed before are kept, and the same command resumes the run"
+        )
+
     def write_manifest(self, fingerprint: str, markers: Iterable[dict[str, Any]]) -> None:
+        """List the committed shards for readers (written whole, in one PUT)."""
         shards = sorted(
             ({"key": m["key"], "data": m["files"]["data"]["path"], "rows": m["files"]["data"]["rows"],
               "rejected": m["files"]["rejected"]["path"], "rejected_rows": m["files"]["rejected"]["rows"]}
              for m in markers),
             key=lambda s: s["key"],
         )
-        self.write_json("manifest.json", {
-            "fingerprint": fingerprint,
-            "shards": shards,
-            "rows": sum(s["rows"] for s in shards),
-            "rejected_rows": sum(s["rejected_rows"] for s in shards),
-        })
+        try:
+            self.write_json("manifest.json", {
+                "fingerprint": fingerprint,
+                "shards": shards,
+                "rows": sum(s["rows"] for s in shards),
+                "rejected_rows": sum(s["rejected_rows"] for s in shards),
+            })
+        except Exception as exc:
+            raise self._storage_error(exc, "could not write manifest.json") from exc
 
     def manifest(self) -> dict[str, Any] | None:
         return self._read_json("manifest.json")

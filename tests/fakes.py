@@ -63,6 +63,8 @@ class OracleEngine:
       hung request among normal ones);
     - ``garbage``: answer every request with unparseable text;
     - ``fail_start``: the engine never starts (constructor-time failure);
+    - ``fail_restart_if``: a path; while it exists, the engine of a restarted replica
+      actor cannot start (an engine that fails after the replica's first life);
     - ``die_after``: after that many requests in one process, report a dead engine;
     - ``trace_dir``: append ``start``/``end`` lines (request id, role, affinity key) to
       ``<trace_dir>/<pid>.log``, so chaos tests can see what was in flight in a process
@@ -85,8 +87,15 @@ class OracleEngine:
         return "oracle-0"
 
     async def start(self) -> None:
+        import os
+
+        import ray
+
         if self.extra.get("fail_start"):
             raise RuntimeError("scripted start failure: model weights not found")
+        flag = self.extra.get("fail_restart_if")
+        if flag and os.path.exists(flag) and ray.get_runtime_context().was_current_actor_reconstructed:
+            raise RuntimeError("scripted start failure after a restart: out of memory")
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         from button_ray.llm.contract import ReplicaFatalError

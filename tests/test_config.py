@@ -73,3 +73,63 @@ def test_local_config_turns_the_small_model_aids_on():
     assert m.min_functions_per_subtask >= 1 and m.user_openers
     default = type(m)()
     assert not (default.plain_text or default.plain_prose or default.steer_calls or default.user_openers)
+
+
+def _config_classes():
+    """Every config model reachable from RunConfig."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    from button_ray.config import _Config
+
+    seen, todo = [], [RunConfig]
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.append(cls)
+        for field in cls.model_fields.values():
+            stack = [field.annotation]
+            while stack:
+                t = stack.pop()
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    if issubclass(t, _Config):
+                        todo.append(t)
+                else:
+                    stack.extend(get_args(t))
+    return seen
+
+
+def test_every_config_field_is_classified_for_the_fingerprint():
+    """A new field must say whether it changes outputs; one that says neither fails here."""
+    classes = _config_classes()
+    assert len(classes) >= 8
+    for cls in classes:
+        fields = set(cls.model_fields)
+        assert not cls.OUTPUTS & cls.NOT_OUTPUTS, f"{cls.__name__}: a field in both classes"
+        assert cls.OUTPUTS | cls.NOT_OUTPUTS == fields, (
+            f"{cls.__name__}: unclassified {sorted(fields - cls.OUTPUTS - cls.NOT_OUTPUTS)}, "
+            f"unknown {sorted((cls.OUTPUTS | cls.NOT_OUTPUTS) - fields)}")
+
+
+@pytest.mark.parametrize("override", [
+    "output.shard_size=3", "scenarios.concurrency=2", "scenarios.expansion_rounds=1",
+    "scenarios.dedup_threshold=0.5", "scenarios.embedding_model=/models/x", "scenarios.conversation_max_chars=300",
+    "scenarios.scenario_max_words=5", "scenarios.storage_options={key: k}",
+])
+def test_fields_that_do_not_change_records_leave_the_fingerprint(override):
+    assert load_config(None, [override]).fingerprint() == RunConfig().fingerprint()
+
+
+def test_engine_memory_and_pool_layout_leave_the_fingerprint_but_the_model_does_not():
+    from button_ray.config import EngineConfig
+
+    base = RunConfig().fingerprint()
+    for pool in (PoolConfig(name="other", replicas=4, num_gpus=1, max_inflight=7),
+                 PoolConfig(engine=EngineConfig(gpu_memory_utilization=0.2, max_num_seqs=8,
+                                                max_num_batched_tokens=4096, tensor_parallel_size=2))):
+        assert RunConfig(pools=(pool,)).fingerprint() == base
+    for engine in (EngineConfig(model="org/other"), EngineConfig(dtype="float16"), EngineConfig(seed=3)):
+        assert RunConfig(pools=(PoolConfig(engine=engine),)).fingerprint() != base
+    assert load_config(None, ["method.sampling.assistant_agent.temperature=0.9"]).fingerprint() != base

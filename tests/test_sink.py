@@ -40,12 +40,73 @@ def test_commit_then_read_through_manifest(tmp_path):
     assert read_committed(str(tmp_path / "out")).num_rows == 3
 
 
-def test_claim_refuses_other_fingerprint(tmp_path):
+def test_claim_refuses_other_fingerprint_once_something_is_committed(tmp_path, capsys):
     store = OutputStore(str(tmp_path))
     assert store.claim("fp1", {}) is False
     assert store.claim("fp1", {}) is True
-    with pytest.raises(OutputError, match="fingerprint"):
-        store.claim("fp2", {})
+    # Nothing committed yet: a corrected config takes the output over, and says so.
+    assert store.claim("fp2", {}) is False
+    assert "committed nothing" in capsys.readouterr().out
+    (plan,) = plan_shards("fp2", ["a"], 2, slots=1)
+    store.commit_shard(plan, _rows(1, 0), REJECTED_SCHEMA.empty_table(), {"items": 1})
+    assert store.claim("fp2", {}) is True
+    with pytest.raises(OutputError, match="committed records of config fingerprint fp2"):
+        store.claim("fp1", {})
+
+
+def test_plan_shards_skips_covered_scenarios_whatever_their_shards():
+    from button_ray.sink import covered_scenarios
+
+    ids = [f"s{i}" for i in range(10)]
+    first = plan_shards("fp", ids[:6], 4, slots=1)  # [s0..s3], [s4, s5]
+    markers = [{"scenario_ids": list(p.scenario_ids)} for p in first]
+    assert plan_shards("fp", ids[:5], 4, slots=1, covered=covered_scenarios(markers)) == []
+    grown = plan_shards("fp", ids, 3, slots=1, covered=covered_scenarios(markers))
+    assert [p.scenario_ids for p in grown] == [("s6", "s7", "s8"), ("s9",)]
+    assert not {p.key for p in grown} & {p.key for p in first}
+
+
+@pytest.mark.parametrize("options, clear", [
+    ({"key": "AKIA", "secret": "s", "client_kwargs": {"endpoint_url": "http://h:1", "aws_session_token": "t"}},
+     {"client_kwargs": {"endpoint_url": "http://h:1"}}),
+    ({"connection_string": "DefaultEndpointsProtocol=https;AccountKey=abc", "account_name": "acct"},
+     {"account_name": "acct"}),
+    ({"token": "/path/sa.json", "project": "p", "credentials": {"private_key": "k"}}, {"project": "p"}),
+    ({"config_kwargs": {"retries": {"max_attempts": 3}}, "region_name": "eu"},
+     {"config_kwargs": {"retries": {"max_attempts": 3}}, "region_name": "eu"}),
+])
+def test_redact_keeps_only_known_safe_options(options, clear):
+    from button_ray.sink import redact
+
+    red = redact(options)
+
+    def leaves(d, prefix=()):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from leaves(v, prefix + (k,))
+            else:
+                yield prefix + (k,), v
+
+    for path, value in leaves(red):
+        node = clear
+        for part in path:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        assert value == (node if node != {} else "***"), (path, value)
+    assert "abc" not in repr(red) and "AKIA" not in repr(red) and "private_key" not in repr(red)
+
+
+def test_a_storage_error_on_the_manifest_is_one_sentence(tmp_path, monkeypatch):
+    from button_ray import sink
+
+    store = OutputStore(str(tmp_path / "out"))
+    monkeypatch.setattr(sink, "STORAGE_ATTEMPTS", 1)
+
+    def refused(path, data):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(store, "_put", refused)
+    with pytest.raises(OutputError, match="could not write manifest.json: .*the same command resumes"):
+        store.write_manifest("fp", [])
 
 
 def test_preflight_unwritable(tmp_path):
@@ -71,9 +132,10 @@ def test_shard_sink_counts_a_redelivered_item_once(tmp_path):
     sink = ShardSink(store, "fp", [plan], lineage=lineage)
     # Out of order, an item delivered twice before the commit and once after it
     # (at-least-once execution).
-    for item in [items[0], *reversed(items[2:]), items[0], items[1], items[3]]:
-        sink.add(plan.key, item)
-    assert set(sink.markers) == {plan.key} and not sink.buffers
+    taken = [sink.add(plan.key, item) for item in [items[0], *reversed(items[2:]), items[0], items[1], items[3]]]
+    # Redeliveries are not new (the progress line counts only new items).
+    assert taken == [True, True, True, True, True, False, True, False]
+    assert set(sink.markers) == {plan.key} and not sink.buffers and sink.missing() == {}
     sink.write_manifest()
     ids = read_committed(str(tmp_path / "out"), "rejected").column("record_id").to_pylist()
     assert len(ids) == len(set(ids)) == 6

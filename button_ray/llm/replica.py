@@ -4,7 +4,9 @@ Ray concerns only: admission (the actor's ``max_concurrency`` bounds requests in
 engine; the rest wait in Ray's queue), restarts (``max_restarts``), and exit when the
 engine is dead so that Ray replaces the process instead of it looping on errors. The
 engine is started lazily on the first call after every (re)start, so a restarted actor
-comes back without the driver's help.
+comes back without the driver's help. An engine that cannot start on that path is a
+dead replica (:class:`ReplicaFatalError`), never a record's failure: the callers fail
+over, and the job stops if no replica comes back.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class LLMReplica:
         self.index = index
         self.engine = load_engine_class(pool.engine_class)(pool)
         self._started = False
+        self._start_error: BaseException | None = None
         self._start_lock = asyncio.Lock()
         self.served = 0
         self.in_flight = 0
@@ -43,8 +46,15 @@ class LLMReplica:
         if self._started:
             return
         async with self._start_lock:
+            if self._start_error is not None:
+                # Requests queued behind a failed start do not start the engine again.
+                raise self._start_error
             if not self._started:
-                await self.engine.start()
+                try:
+                    await self.engine.start()
+                except Exception as exc:
+                    self._start_error = exc
+                    raise
                 self._started = True
 
     async def ready(self) -> dict[str, Any]:
@@ -65,7 +75,10 @@ class LLMReplica:
         """Serve one request; on a dead engine, answer the error and exit the process."""
         self.in_flight += 1
         try:
-            await self._ensure_started()
+            try:
+                await self._ensure_started()
+            except Exception as exc:
+                raise ReplicaFatalError(f"engine could not start: {type(exc).__name__}: {exc}") from exc
             response = await self.engine.generate(request)
         except ReplicaFatalError:
             log.error("replica %s/%d: engine is dead; exiting so Ray replaces it", self.pool.name, self.index)

@@ -259,3 +259,34 @@ def test_garbage_model_on_s3_rejects_every_item_and_counts_them(ray_local, s3_se
     assert result["emitted"] == 0 and result["failed"] == 0 and result["rejected"] == 4
     assert read_committed(run.output.uri, "rejected", run.output.storage_options).num_rows == 4
     h.assert_exact(run.output.uri, run.output.storage_options, h.expected_ids(run))
+
+
+# -- scenario input on S3 ------------------------------------------------------------------
+
+@pytest.mark.ray
+@pytest.mark.parametrize("where", ["own options", "output's options"])
+def test_scenarios_on_s3_are_read_with_the_options_they_were_checked_with(ray_local, s3_server, tmp_path,
+                                                                          monkeypatch, where):
+    """No AWS_* variables: the endpoint and keys come only from the config."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    opts = s3_server.storage_options
+    source = f"{s3_server.uri('input')}/scenarios.jsonl"
+    texts = ["Renting a bike in a city", "Returning a faulty kettle", "Booking a dentist visit"]
+    s3_server.fs().pipe_file(source[len("s3://"):], "".join(json.dumps({"scenario": t}) + "\n" for t in texts).encode())
+    if where == "own options":
+        run = h.cfg(str(tmp_path / "run"), n=3, slots=1)
+        scenarios = run.scenarios.model_copy(update={"source": source, "storage_options": opts})
+    else:
+        run = h.cfg(s3_server.uri("out"), opts, n=3, slots=1)
+        scenarios = run.scenarios.model_copy(update={"source": source})
+    run = run.model_copy(update={"scenarios": scenarios})
+    result = run_generate(run)
+    assert result["items"] == 3 and result["failed"] == 0
+    committed = read_committed(run.output.uri, "data", run.output.storage_options).to_pylist() + \
+        read_committed(run.output.uri, "rejected", run.output.storage_options).to_pylist()
+    assert sorted(r["scenario"] for r in committed) == sorted(texts)
+    if where == "own options":
+        recorded = json.loads((tmp_path / "run" / "_run.json").read_text())["config"]["scenarios"]
+        assert recorded["storage_options"]["key"] == recorded["storage_options"]["secret"] == "***"
