@@ -111,7 +111,7 @@ from button_ray.llm.contract import (
     Sampling,
 )
 from button_ray.llm.embedded import model_display_name, resolve_model
-from button_ray.llm.vllm_engine import engine_args_kwargs
+from button_ray.llm.vllm_engine import cpu_threads_bind, engine_args_kwargs
 from button_ray.pipeline import make_items
 from button_ray.records import WorkItem
 from button_ray.sink import plan_shards
@@ -302,9 +302,10 @@ def _free_port() -> int:
 class Server:
     """``vllm serve`` as a subprocess in its own process group; stop() kills the group."""
 
-    def __init__(self, argv: list[str], log_path: Path) -> None:
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.argv = argv
         self.log_path = log_path
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
 
@@ -312,6 +313,7 @@ class Server:
         env = dict(os.environ)
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         env["VLLM_SERVER_DEV_MODE"] = "1"  # for /reset_prefix_cache between modes
+        env.update(self.env)
         log = self.log_path.open("wb")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -664,11 +666,14 @@ def main(argv: list[str] | None = None) -> int:
             log_path = Path(tempfile.gettempdir()) / f"bench_naive_vllm_{port}.log"
             print(f"[bench_naive] starting: {' '.join(argv_serve)}\n[bench_naive] server log: {log_path}",
                   flush=True)
-            server = Server(argv_serve, log_path)
+            # The server's forward passes get the cores the replica's would (the config's setting).
+            bind_env = ({"VLLM_CPU_OMP_THREADS_BIND": cpu_threads_bind(
+                pool.engine.cpu_threads_bind, pool.engine.tensor_parallel_size)} if _on_cpu() else {})
+            server = Server(argv_serve, log_path, bind_env)
             server.start(base_url, args.startup_timeout)
             server_info = {"argv": argv_serve, "startup_s": server.startup_s, "started_here": True,
                            "env": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
-                                   "VLLM_SERVER_DEV_MODE": "1"}}
+                                   "VLLM_SERVER_DEV_MODE": "1", **bind_env}}
             print(f"[bench_naive] server healthy after {server.startup_s:.0f}s", flush=True)
 
         llm = BlockingOpenAIClient(base_url, pool.engine.max_model_len, pool.request_timeout_s,

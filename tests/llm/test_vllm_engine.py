@@ -179,6 +179,24 @@ async def test_metrics_count_prefix_cache_hits(engine):
     assert after["prefix_cache_hits"] > before["prefix_cache_hits"]
 
 
+async def test_forward_passes_are_bound_to_every_visible_core(engine):
+    """The default 'visible' reaches vLLM's worker: one OpenMP thread per core this
+    process may use, placed on exactly those cores (vLLM's 'auto' keeps one back)."""
+    import os
+
+    import psutil
+
+    cores = sorted(os.sched_getaffinity(0))
+    expected = ",".join(map(str, cores))
+    assert engine.metrics()["cpu_threads_bind"] == expected
+    workers = [p for p in psutil.Process().children(recursive=True) if "Worker" in p.name()]
+    assert workers, [p.name() for p in psutil.Process().children(recursive=True)]
+    # vLLM pins one OpenMP thread to each core of the list (the process title hides
+    # /proc/<pid>/environ, so the threads' own affinities are what can be read).
+    pinned = {frozenset(os.sched_getaffinity(t.id)) for t in workers[0].threads()}
+    assert {frozenset({c}) for c in cores} <= pinned, pinned
+
+
 @pytest.mark.chaos
 async def test_dead_engine_raises_replica_fatal(engine):
     """Runs last: kills the engine core process, as the seed/chunked-prefill crash does."""
