@@ -113,7 +113,7 @@ def run_child(n: int, slots: int, shard_size: int, actors: int, in_flight: int, 
     ray_start_s = time.monotonic() - t0
 
     marks: dict[str, float] = {}
-    real_stream, real_start_pools = pipeline._stream, pipeline._start_pools
+    real_stream, real_start_pools = pipeline._stream, pipeline.start_pools
 
     def timed_start_pools(*a: Any, **kw: Any) -> Any:
         t = time.monotonic()
@@ -156,7 +156,7 @@ def run_child(n: int, slots: int, shard_size: int, actors: int, in_flight: int, 
             timeline.append((round(now_s - marks["stream_started_at"], 1), marks["items"], round(_rss_mib(), 1)))
         real_add(self, shard, item)
 
-    pipeline._stream, pipeline._start_pools = timed_stream, timed_start_pools
+    pipeline._stream, pipeline.start_pools = timed_stream, timed_start_pools
     pipeline.ShardSink.add = timed_add
     store: dict[str, Any] = {}
     stop = threading.Event()

@@ -45,7 +45,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from button_ray import summary
     from button_ray.inputs import InputError
     from button_ray.llm.pool import LLMUnavailableError
-    from button_ray.pipeline import EngineStartError, run_generate
+    from button_ray.llm.replica import EngineStartError
+    from button_ray.pipeline import run_generate
     from button_ray.sink import OutputError
 
     cfg = _load(args)

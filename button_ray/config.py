@@ -305,7 +305,8 @@ class PoolConfig(_Config):
     """A set of identical replicas serving some roles."""
 
     OUTPUTS = frozenset({"roles", "engine", "engine_class"})
-    NOT_OUTPUTS = frozenset({"name", "replicas", "num_gpus", "num_cpus", "max_inflight", "request_timeout_s"})
+    NOT_OUTPUTS = frozenset({"name", "replicas", "num_gpus", "num_cpus", "max_inflight", "request_timeout_s",
+                             "start_timeout_s"})
 
     name: str = Field("main", pattern=r"^[a-z0-9_\-]+$")
     roles: tuple[Role, ...] = Field(ROLES, description="Roles this pool serves.")
@@ -321,11 +322,31 @@ class PoolConfig(_Config):
         description="Per-request deadline. Past it, a request is retried elsewhere only if its replica "
         "completed no request during a further progress window (a hung engine, not a busy one).",
     )
+    start_timeout_s: float = Field(
+        1800,
+        gt=0,
+        description="How long a replica may take to be placed and to start its engine (a 70B model's "
+        "download and load take many minutes). Past it the job stops, naming what is missing: resources no "
+        "node has, resources taken, or an engine still loading.",
+    )
     engine: EngineConfig = EngineConfig()
     engine_class: str = Field(
         "button_ray.llm.vllm_engine:VLLMEngine",
         description="Import path of the engine behind each replica actor.",
     )
+
+    @model_validator(mode="after")
+    def _gpus_match_parallel_sizes(self) -> "PoolConfig":
+        # vLLM runs one worker per GPU of tensor x pipeline parallelism, on the GPUs Ray
+        # gives the actor; with num_gpus 0 Ray hides none, and every replica lands on GPU 0.
+        ranks = self.engine.tensor_parallel_size * int(self.engine.extra.get("pipeline_parallel_size", 1))
+        if self.num_gpus and self.num_gpus != ranks:
+            raise ValueError(f"num_gpus ({self.num_gpus:g}) must equal tensor_parallel_size x "
+                             f"pipeline_parallel_size ({ranks}): one GPU per engine worker")
+        if not self.num_gpus and ranks > 1:
+            raise ValueError(f"tensor_parallel_size x pipeline_parallel_size is {ranks}: set num_gpus to {ranks} "
+                             "(one GPU per engine worker)")
+        return self
 
 
 class RuntimeConfig(_Config):

@@ -31,7 +31,7 @@ from button_ray import summary as summ
 from button_ray.config import MethodConfig, PoolConfig, RunConfig
 from button_ray.inputs import check_input, input_options, read_scenarios
 from button_ray.llm.pool import LLMUnavailableError, PoolClient
-from button_ray.llm.replica import start_replicas
+from button_ray.llm.replica import start_pools, stop_pools
 from button_ray.prompts import template_hashes
 from button_ray.records import (
     ACCEPTED_SCHEMA,
@@ -45,10 +45,6 @@ from button_ray.records import (
 from button_ray.sink import OutputStore, ShardPlan, covered_scenarios, plan_shards, redact
 
 log = logging.getLogger(__name__)
-
-class EngineStartError(RuntimeError):
-    """A pool's replicas could not start their engines (the root cause is in the message)."""
-
 
 StageFn = Callable[[WorkItem, Any, MethodConfig], Awaitable[WorkItem]]
 
@@ -357,36 +353,11 @@ def _init_ray(cfg: RunConfig) -> None:
     ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
 
 
-def _start_pools(cfg: RunConfig) -> tuple[dict[str, tuple[PoolConfig, list[Any]]], dict[str, Any]]:
-    """Start every replica and wait until all are ready; fail fast with the root cause."""
-    pools = {p.name: (p, start_replicas(p)) for p in cfg.pools}
-    infos = {}
-    for name, (pool, handles) in pools.items():
-        try:
-            ready = ray.get([h.ready.remote() for h in handles])
-        except Exception as exc:
-            for _, (_, hs) in pools.items():
-                for h in hs:
-                    ray.kill(h, no_restart=True)
-            raise EngineStartError(f"pool {name!r} failed to start its engine: {exc}") from exc
-        infos[name] = ready[0]
-    return pools, infos
-
-
 def _engine_activity(pools: dict[str, tuple[PoolConfig, list[Any]]]) -> str:
     """Requests served and in flight over all replicas, for the progress line."""
     metrics = ray.get([h.metrics.remote() for _, handles in pools.values() for h in handles], timeout=5)
     return (f"engines: {sum(m['served'] for m in metrics)} requests served, "
             f"{sum(m['in_flight'] for m in metrics)} in flight")
-
-
-def _stop_pools(pools: dict[str, tuple[PoolConfig, list[Any]]]) -> None:
-    for _, handles in pools.values():
-        for h in handles:
-            try:
-                ray.kill(h, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
 
 
 def _recorded_config(cfg: RunConfig) -> dict[str, Any]:
@@ -460,7 +431,7 @@ def _run_pending(cfg: RunConfig, fingerprint: str, hashes: dict[str, str], pendi
                  scenarios: list[Scenario], sink: ShardSink, progress: summ.Progress) -> dict[str, Any]:
     """Start Ray and the engines, stream the pending shards into ``sink``; the replicas' metrics."""
     _init_ray(cfg)
-    pools, infos = _start_pools(cfg)
+    pools, infos = start_pools(cfg.pools)
     progress.probe = lambda: _engine_activity(pools)
     progress.start_heartbeat()
     try:
@@ -479,7 +450,7 @@ def _run_pending(cfg: RunConfig, fingerprint: str, hashes: dict[str, str], pendi
     finally:
         progress.stop_heartbeat()
         # The engines end with the job, also when it fails (e.g. storage gone).
-        _stop_pools(pools)
+        stop_pools(pools)
 
 
 def _stream(cfg: RunConfig, pools: dict[str, tuple[PoolConfig, list[Any]]], source: ItemSource,

@@ -34,16 +34,20 @@ def run_scenario_job(cfg: RunConfig, seeds: str | None, base: str, target: int, 
     """Build the pool and write it one scenario per line; return the stats."""
     from button_ray.bottom_up.scenarios import build_scenario_pool, load_default_scenarios
     from button_ray.llm.pool import PoolClient
-    from button_ray.pipeline import _init_ray, _start_pools
+    from button_ray.llm.replica import start_pools, stop_pools
+    from button_ray.pipeline import _init_ray
 
     base_texts = load_default_scenarios() if base == "default" else _read_lines(base)
     conversations = _read_conversations(seeds) if seeds else []
     _init_ray(cfg)
-    pools, _ = _start_pools(cfg)
-    client = PoolClient(pools)
-    pool, stats = asyncio.run(
-        build_scenario_pool(base_texts, conversations, target, client, cfg.method, cfg.scenarios)
-    )
+    pools, _ = start_pools(cfg.pools)
+    try:
+        client = PoolClient(pools)
+        pool, stats = asyncio.run(
+            build_scenario_pool(base_texts, conversations, target, client, cfg.method, cfg.scenarios)
+        )
+    finally:
+        stop_pools(pools)
     with fsspec.open(out_path, "w", encoding="utf-8") as f:
         for scenario in pool:
             f.write(scenario.text + "\n")

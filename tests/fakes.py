@@ -63,6 +63,8 @@ class OracleEngine:
       hung request among normal ones);
     - ``garbage``: answer every request with unparseable text;
     - ``fail_start``: the engine never starts (constructor-time failure);
+    - ``start_latency_s``: seconds the engine takes to start (a model loading);
+    - ``restart_latency_s``: the same, only in a restarted replica actor;
     - ``fail_restart_if``: a path; while it exists, the engine of a restarted replica
       actor cannot start (an engine that fails after the replica's first life);
     - ``die_after``: after that many requests in one process, report a dead engine;
@@ -93,8 +95,10 @@ class OracleEngine:
 
         if self.extra.get("fail_start"):
             raise RuntimeError("scripted start failure: model weights not found")
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        await asyncio.sleep(float(self.extra.get("restart_latency_s" if restarted else "start_latency_s", 0.0)))
         flag = self.extra.get("fail_restart_if")
-        if flag and os.path.exists(flag) and ray.get_runtime_context().was_current_actor_reconstructed:
+        if flag and os.path.exists(flag) and restarted:
             raise RuntimeError("scripted start failure after a restart: out of memory")
 
     async def generate(self, request: LLMRequest) -> LLMResponse:

@@ -127,8 +127,8 @@ def test_engine_memory_and_pool_layout_leave_the_fingerprint_but_the_model_does_
 
     base = RunConfig().fingerprint()
     for pool in (PoolConfig(name="other", replicas=4, num_gpus=1, max_inflight=7),
-                 PoolConfig(engine=EngineConfig(gpu_memory_utilization=0.2, max_num_seqs=8,
-                                                max_num_batched_tokens=4096, tensor_parallel_size=2))):
+                 PoolConfig(num_gpus=2, engine=EngineConfig(gpu_memory_utilization=0.2, max_num_seqs=8,
+                                                            max_num_batched_tokens=4096, tensor_parallel_size=2))):
         assert RunConfig(pools=(pool,)).fingerprint() == base
     for engine in (EngineConfig(model="org/other"), EngineConfig(dtype="float16"), EngineConfig(seed=3)):
         assert RunConfig(pools=(PoolConfig(engine=engine),)).fingerprint() != base
@@ -142,3 +142,14 @@ def test_overrides_address_list_items_by_index():
     assert load_config(None, ["pools.0.num_cpus=2"]).pools[0].num_cpus == 2  # the default pool
     with pytest.raises(ConfigError, match="not an index"):
         load_config(Path("configs/local.yaml"), ["pools.1.replicas=2"])
+
+
+def test_gpus_per_replica_must_match_the_parallel_sizes():
+    from button_ray.config import EngineConfig
+
+    with pytest.raises(ValidationError, match="tensor_parallel_size x pipeline_parallel_size is 4: set num_gpus to 4"):
+        PoolConfig(engine=EngineConfig(tensor_parallel_size=4))
+    with pytest.raises(ValidationError, match=r"num_gpus \(1\) must equal .* \(8\)"):
+        PoolConfig(num_gpus=1, engine=EngineConfig(tensor_parallel_size=4, extra={"pipeline_parallel_size": 2}))
+    assert PoolConfig(num_gpus=8, engine=EngineConfig(tensor_parallel_size=4,
+                                                      extra={"pipeline_parallel_size": 2})).num_gpus == 8

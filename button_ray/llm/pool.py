@@ -14,7 +14,8 @@ and the request goes to another replica; Ray restarts the dead one.
 
 Deadlines tell a hung engine from a busy one: past ``request_timeout_s`` a request is
 given up only if its replica completed no request at all during a further progress
-window. A slow engine with a deep queue (a CPU, a saturated GPU) keeps its requests;
+window. A slow engine with a deep queue (a CPU, a saturated GPU) keeps its requests, and
+so does a replica that is (re)loading its engine, for up to ``start_timeout_s``;
 a replica that serves nothing has its request cancelled and retried once elsewhere,
 and a second such timeout stops the job (:class:`LLMUnavailableError`).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -100,7 +102,8 @@ class PoolClient:
             pool.outstanding[idx] += 1
             ref = pool.handles[idx].generate.remote(request)
             try:
-                return await self._wait(pool.handles[idx], ref, pool.config.request_timeout_s)
+                return await self._wait(pool.handles[idx], ref, pool.config.request_timeout_s,
+                                        pool.config.start_timeout_s)
             except LLMRequestError:
                 raise
             except (asyncio.TimeoutError, GetTimeoutError) as exc:
@@ -131,30 +134,40 @@ class PoolClient:
             f"after {self.max_failovers + 1} attempts: {last_error!r}"
         )
 
-    async def _wait(self, handle: Any, ref: Any, timeout: float) -> LLMResponse:
-        """Await ``ref``; past ``timeout``, wait on while ``handle`` keeps completing requests."""
+    async def _wait(self, handle: Any, ref: Any, timeout: float, start_timeout: float) -> LLMResponse:
+        """Await ``ref``; past ``timeout``, wait on while ``handle`` keeps completing requests,
+        or is (re)starting its engine (for at most ``start_timeout``: a load is not a hang)."""
         fut = asyncio.wrap_future(ref.future())
         window = min(timeout, _PROGRESS_WINDOW_S)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
             pass
-        served = await _served(handle)
-        while served is not None:
+        progress = await _progress(handle)
+        loading_since: float | None = None
+        while progress is not None:
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), window)
             except asyncio.TimeoutError:
-                now = await _served(handle)
-                if now is None or now <= served:
+                now = await _progress(handle)
+                if now is None:
                     break
-                served = now
+                if now["starting"]:
+                    loading_since = loading_since if loading_since is not None else time.monotonic()
+                    if time.monotonic() - loading_since > start_timeout:
+                        break
+                    continue
+                loading_since = None
+                if now["served"] <= progress["served"]:
+                    break
+                progress = now
         fut.cancel()
         raise asyncio.TimeoutError
 
 
-async def _served(handle: Any) -> int | None:
-    """Requests the replica has completed (None: it does not answer)."""
+async def _progress(handle: Any) -> dict[str, Any] | None:
+    """Requests the replica has completed and whether it is starting (None: it does not answer)."""
     try:
-        return (await asyncio.wait_for(handle.metrics.remote(), timeout=_PROGRESS_WINDOW_S / 2))["served"]
+        return await asyncio.wait_for(handle.metrics.remote(), timeout=_PROGRESS_WINDOW_S / 2)
     except Exception:  # noqa: BLE001 - a replica that cannot report is treated as hung
         return None

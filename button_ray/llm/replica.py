@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+import time
+from typing import Any, Sequence
 
 import ray
 
@@ -60,12 +61,15 @@ class LLMReplica:
     async def ready(self) -> dict[str, Any]:
         """Start the engine; return what the driver records in lineage."""
         await self._ensure_started()
+        ctx = ray.get_runtime_context()
         return {
             "pool": self.pool.name,
             "index": self.index,
             "model": self.engine.model_name,
             "engine_version": self.engine.engine_version,
             "pid": os.getpid(),
+            "node_id": ctx.get_node_id(),
+            "gpu_ids": ctx.get_accelerator_ids().get("GPU", []),
         }
 
     # Ten or more calls per trajectory: their task events (kept by the GCS, sent by
@@ -91,8 +95,10 @@ class LLMReplica:
 
     @ray.method(concurrency_group="control")
     async def metrics(self) -> dict[str, Any]:
-        """Engine counters, requests in flight now, and this process's identity (pid changes on restart)."""
+        """Engine counters, requests in flight now, whether the engine is still (re)starting
+        (its load time is not a request's), and this process's identity (pid changes on restart)."""
         return {**self.engine.metrics(), "served": self.served, "in_flight": self.in_flight,
+                "starting": not self._started and self._start_error is None,
                 "pid": os.getpid(), "index": self.index}
 
 
@@ -118,3 +124,91 @@ def start_replicas(pool: PoolConfig, name_prefix: str | None = None) -> list[Any
             options["name"] = f"{name_prefix}-{pool.name}-{i}"
         handles.append(cls.options(**options).remote(pool, i))
     return handles
+
+
+class EngineStartError(RuntimeError):
+    """A pool's replicas could not be placed or could not start their engines (the message says which)."""
+
+
+Pools = dict[str, tuple[PoolConfig, list[Any]]]
+
+
+def start_pools(pools: Sequence[PoolConfig]) -> tuple[Pools, dict[str, dict[str, Any]]]:
+    """Start every pool's replicas and wait until each is ready (its engine loaded).
+
+    Returns the pools (config, handles) by name and each pool's first ``ready`` info.
+    A replica that fails to start, or is not ready within its pool's
+    ``start_timeout_s``, stops every replica and raises :class:`EngineStartError`
+    with one sentence naming the cause.
+    """
+    started: Pools = {}
+    try:
+        for pool in pools:
+            started[pool.name] = (pool, start_replicas(pool))
+        infos = {name: _wait_ready(pool, handles) for name, (pool, handles) in started.items()}
+    except BaseException:
+        stop_pools(started)
+        raise
+    return started, infos
+
+
+def stop_pools(pools: Pools) -> None:
+    """Kill every replica of ``pools`` (their engines end with their processes)."""
+    for _, handles in pools.values():
+        for h in handles:
+            try:
+                ray.kill(h, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
+def _wait_ready(pool: PoolConfig, handles: list[Any]) -> dict[str, Any]:
+    refs = [h.ready.remote() for h in handles]
+    deadline = time.monotonic() + pool.start_timeout_s
+    infos: dict[int, dict[str, Any]] = {}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            waiting = [i for i, ref in enumerate(refs) if ref in pending]
+            raise EngineStartError(_not_ready(pool, handles, waiting))
+        try:
+            infos[refs.index(done[0])] = ray.get(done[0])
+        except Exception as exc:  # noqa: BLE001 - the engine's own error is the message
+            raise EngineStartError(f"pool {pool.name!r} failed to start its engine: {exc}") from exc
+    return infos[0]
+
+
+def _resources(pool: PoolConfig) -> dict[str, float]:
+    return {k: v for k, v in (("CPU", pool.num_cpus), ("GPU", pool.num_gpus)) if v}
+
+
+def _fmt(resources: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in sorted(resources.items())) or "nothing"
+
+
+def _not_ready(pool: PoolConfig, handles: list[Any], waiting: list[int]) -> str:
+    """Why replicas ``waiting`` of ``pool`` are not ready: placed and loading, or not placed."""
+    loading = []
+    for i in waiting:
+        try:
+            if ray.get(handles[i].metrics.remote(), timeout=5)["starting"]:
+                loading.append(i)
+        except Exception:  # noqa: BLE001 - an actor not placed yet does not answer
+            pass
+    which = f"replica{'s' if len(waiting) > 1 else ''} {', '.join(map(str, waiting))} of pool {pool.name!r}"
+    after = f"after {pool.start_timeout_s:g} s"
+    if loading:
+        return (f"{which} did not start {after}: the engine is still loading (model download or load); "
+                f"raise pools[].start_timeout_s, or cache the weights near the nodes")
+    demand = _resources(pool)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not any(all(n.get(k, 0) >= v for k, v in demand.items()) for n in nodes):
+        largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+        return (f"{which} cannot be placed: each replica needs {_fmt(demand)} on one node, and no node of this "
+                f"cluster has that many (the largest has {_fmt({k: largest.get(k, 0) for k in ('CPU', 'GPU')})}); "
+                "add such nodes (cluster/README.md) or lower num_gpus with tensor_parallel_size")
+    free = ray.available_resources()
+    return (f"{which} not placed {after}: each replica needs {_fmt(demand)} on one node, and the nodes that have "
+            f"that many are busy (free in the whole cluster now: {_fmt({k: free.get(k, 0) for k in demand})}); "
+            "free them, add nodes, or lower replicas")

@@ -127,3 +127,27 @@ def test_a_hung_replica_times_out_and_the_job_stops(ray_local, monkeypatch):
     assert [ray_local.get(h.metrics.remote())["in_flight"] for h in handles] == [0, 0]
     for h in handles:
         ray_local.kill(h, no_restart=True)
+
+
+def test_a_replica_reloading_its_engine_keeps_its_requests_past_the_deadline(ray_local, monkeypatch):
+    """A replica restarted after a dead engine takes longer to load than a request's deadline:
+    the load is not a hang, so its requests wait (bounded by start_timeout_s) instead of
+    timing out twice and stopping the job."""
+    from button_ray.llm import pool as pool_mod
+
+    monkeypatch.setattr(pool_mod, "_PROGRESS_WINDOW_S", 1.0)
+    pool = PoolConfig(replicas=1, num_cpus=0.1, engine_class="tests.fakes:EchoEngine", request_timeout_s=1.0,
+                      start_timeout_s=60, engine=EngineConfig(extra={"die_after": 2, "restart_latency_s": 6.0}))
+    handles = start_replicas(pool)
+    first = ray_local.get(handles[0].ready.remote())
+    client = PoolClient({"main": (pool, handles)})
+
+    async def main():
+        return [(await client.generate(_req(i, None))).text for i in range(4)]
+
+    assert asyncio.run(main()) == ["r0", "r1", "r2", "r3"]
+    # The fault happened: the engine died, the replica came back in a new process.
+    assert client.failovers >= 1
+    assert ray_local.get(handles[0].metrics.remote())["pid"] != first["pid"]
+    assert client.timeouts == 0, "the reload was counted against the request's deadline"
+    ray_local.kill(handles[0], no_restart=True)

@@ -1,0 +1,62 @@
+"""Run in its own process by tests/cluster/test_placement.py: a multi-node Ray cluster on
+this machine (ray.cluster_utils.Cluster) whose nodes declare GPUs they do not have.
+
+Usage: python -m tests.cluster.placement_run CASE; prints one JSON line with the outcome.
+Fake GPUs are resources Ray schedules by; the OracleEngine behind the replica never
+touches a device, so placement and start-up are what is exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import ray
+from ray.cluster_utils import Cluster
+
+from button_ray.config import EngineConfig, PoolConfig
+from button_ray.llm.replica import EngineStartError, start_pools, stop_pools
+
+
+def _pool(name: str, gpus: int, replicas: int = 1, start_timeout_s: float = 60) -> PoolConfig:
+    return PoolConfig(name=name, replicas=replicas, num_gpus=gpus, num_cpus=1, start_timeout_s=start_timeout_s,
+                      engine_class="tests.fakes:OracleEngine", engine=EngineConfig(tensor_parallel_size=gpus))
+
+
+CASES = {
+    # A TP=4 replica and a TP=1 replica: each on a node with enough GPUs.
+    "tp4": [_pool("big", 4), _pool("small", 1)],
+    # No node has 8 GPUs.
+    "infeasible": [_pool("huge", 8, start_timeout_s=5)],
+    # Two TP=4 replicas, one 4-GPU node: the second waits for resources that are taken.
+    "busy": [_pool("big", 4, replicas=2, start_timeout_s=5)],
+}
+
+
+def main(case: str) -> None:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    nodes = {"gpu1": cluster.add_node(num_cpus=2, num_gpus=1), "gpu4": cluster.add_node(num_cpus=2, num_gpus=4)}
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}},
+             logging_level="WARNING")
+    node_names = {n.node_id: name for name, n in nodes.items()}
+    out: dict = {"case": case}
+    try:
+        pools, infos = start_pools(CASES[case])
+        out["placed"] = {}
+        for name, (_, handles) in pools.items():
+            for h in handles:
+                info = ray.get(h.ready.remote())
+                out["placed"][f"{name}/{info['index']}"] = {"node": node_names.get(info["node_id"], "head"),
+                                                            "gpu_ids": info["gpu_ids"]}
+        stop_pools(pools)
+    except EngineStartError as exc:
+        out["error"] = str(exc)
+    print(json.dumps(out), flush=True)
+    ray.shutdown()
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,48 @@
+"""Replicas on a multi-node cluster with fake GPUs: placed where their GPUs are, or the
+job stops with one sentence naming what is missing (never a silent wait).
+
+Each case runs in its own process (tests/cluster/placement_run.py), because a process
+joins one Ray cluster and the rest of the suite shares a single-node one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+
+def _run(case: str) -> tuple[dict, float]:
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "tests.cluster.placement_run", case],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    return json.loads(line), time.monotonic() - t0
+
+
+def test_a_tensor_parallel_replica_lands_on_a_node_with_its_gpus():
+    out, _ = _run("tp4")
+    assert "error" not in out, out
+    assert out["placed"]["big/0"]["node"] == "gpu4" and len(out["placed"]["big/0"]["gpu_ids"]) == 4
+    assert len(out["placed"]["small/0"]["gpu_ids"]) == 1
+    # The 4-GPU replica holds all of its node's GPUs: the 1-GPU one goes to the other node.
+    assert out["placed"]["small/0"]["node"] == "gpu1"
+
+
+def test_a_replica_no_node_can_hold_ends_the_job_naming_the_resources():
+    out, took = _run("infeasible")
+    assert out["error"].startswith("replica 0 of pool 'huge' cannot be placed: each replica needs 1 CPU, 8 GPU")
+    assert "the largest has 2 CPU, 4 GPU" in out["error"]
+    assert took < 300
+
+
+def test_a_replica_whose_resources_are_taken_ends_the_job_after_its_start_timeout():
+    out, _ = _run("busy")
+    assert out["error"].startswith("replica 1 of pool 'big' not placed after 5 s: each replica needs 1 CPU, 4 GPU")
+    assert "nodes that have that many are busy (free in the whole cluster now: 4 CPU, 1 GPU)" in out["error"]
