@@ -353,11 +353,16 @@ def _init_ray(cfg: RunConfig) -> None:
     ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
 
 
-def _engine_activity(pools: dict[str, tuple[PoolConfig, list[Any]]]) -> str:
-    """Requests served and in flight over all replicas, for the progress line."""
+def _engine_activity(pools: dict[str, tuple[PoolConfig, list[Any]]], since: float) -> str:
+    """Requests served and in flight over all replicas, and the engines' completion
+    tokens/s since ``since`` (what the engines produce now, not only finished items)."""
     metrics = ray.get([h.metrics.remote() for _, handles in pools.values() for h in handles], timeout=5)
-    return (f"engines: {sum(m['served'] for m in metrics)} requests served, "
+    line = (f"engines: {sum(m['served'] for m in metrics)} requests served, "
             f"{sum(m['in_flight'] for m in metrics)} in flight")
+    tokens = [m.get("completion_tokens") for m in metrics]
+    if tokens and all(t is not None for t in tokens):
+        line += f", {sum(tokens) / max(time.monotonic() - since, 1e-9):.1f} completion tok/s"
+    return line
 
 
 def _recorded_config(cfg: RunConfig) -> dict[str, Any]:
@@ -432,7 +437,8 @@ def _run_pending(cfg: RunConfig, fingerprint: str, hashes: dict[str, str], pendi
     """Start Ray and the engines, stream the pending shards into ``sink``; the replicas' metrics."""
     _init_ray(cfg)
     pools, infos = start_pools(cfg.pools)
-    progress.probe = lambda: _engine_activity(pools)
+    engines_up = time.monotonic()
+    progress.probe = lambda: _engine_activity(pools, engines_up)
     progress.start_heartbeat()
     try:
         sink.lineage = {

@@ -170,7 +170,7 @@ class Progress:
             line = (
                 f"[button-ray {elapsed:6.0f}s] items {s['items']}/{self.total} | emitted {s['emitted']} "
                 f"rejected {rejected} failed {s['failed']} | LLM calls {t['calls']} | "
-                f"{t['completion_tokens'] / max(elapsed, 1e-9):.1f} completion tok/s"
+                f"{t['completion_tokens'] / max(elapsed, 1e-9):.1f} tok/s in finished items"
             )
         if self.probe is not None:
             try:

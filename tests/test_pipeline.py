@@ -273,3 +273,26 @@ def test_block_stats_trim_reaches_real_ray_data_operators(ray_local):
     map_ops = {name: n for name, n in seen.items() if "MapBatches" in name}
     assert map_ops, f"no map operator exposes _output_blocks_stats: {seen}"
     assert all(n <= 2 * Probe.KEEP for n in map_ops.values()), map_ops
+
+
+def test_progress_probe_reports_what_the_engines_produce_now(ray_local):
+    """Finished items alone read as a stalled job early on; the probe adds the engines' rate."""
+    import time
+
+    import ray
+
+    from button_ray.pipeline import _engine_activity
+
+    @ray.remote(num_cpus=0)
+    class Replica:
+        def __init__(self, tokens):
+            self.tokens = tokens
+
+        def metrics(self):
+            return {"served": 3, "in_flight": 2, "completion_tokens": self.tokens}
+
+    handles = [Replica.remote(100), Replica.remote(140)]
+    line = _engine_activity({"main": (None, handles)}, time.monotonic() - 4.0)
+    assert line.startswith("engines: 6 requests served, 4 in flight, ")
+    rate = float(line.rsplit(", ", 1)[1].split()[0])
+    assert 50 <= rate <= 60.5  # 240 tokens over ~4 s
