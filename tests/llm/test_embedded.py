@@ -64,10 +64,13 @@ def test_cpu_refuses_settings_that_kill_the_engine(fields):
         engine_args_kwargs(EngineConfig(max_model_len=4096, **fields), "/m", on_cpu=True)
 
 
-def test_gpu_keeps_engine_defaults_and_extra_wins():
+def test_gpu_batches_a_full_step_with_chunked_prefill_and_extra_wins():
+    from button_ray.llm.vllm_engine import GPU_MAX_NUM_BATCHED_TOKENS
+
     cfg = EngineConfig(max_model_len=4096, extra={"enforce_eager": True, "dtype": "float16"})
     kw = engine_args_kwargs(cfg, "/m", on_cpu=False)
-    assert kw["enable_chunked_prefill"] is None and kw["max_num_batched_tokens"] is None
+    # Not vLLM's engine-context default of 2048 tokens per step, which starves a large GPU.
+    assert kw["enable_chunked_prefill"] is True and kw["max_num_batched_tokens"] == GPU_MAX_NUM_BATCHED_TOKENS
     assert kw["enforce_eager"] is True and kw["dtype"] == "float16"
     assert kw["model"] == "/m"
 
