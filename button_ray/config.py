@@ -77,7 +77,7 @@ class StageSampling(_Config):
 
 
 class MethodConfig(_Config):
-    """The BUTTON method's choices (docs/button_method.md marks the ones that are ours)."""
+    """The BUTTON method's choices: the method's own, and those it leaves open to us."""
 
     OUTPUTS = frozenset({
         "atomic_tasks_per_scenario", "strategy_mix", "parallel_ratio", "max_assistant_turns",
