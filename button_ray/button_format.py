@@ -1,4 +1,4 @@
-"""The BUTTON output format (``/work/shared/BUTTON.md``): rendering and a strict validator.
+"""The BUTTON output format (``docs/format.md``): rendering and a strict validator.
 
 One record is ``{"messages": [...]}`` with roles ``system``, ``user``, ``assistant`` and
 ``tool``. Every JSON fragment inside a message uses one stable serialization,

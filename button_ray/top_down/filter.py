@@ -1,4 +1,4 @@
-"""The trajectory filter (BUTTON.md, "Trajectory filter (ours)").
+"""The trajectory filter (``docs/format.md``, "The trajectory filter").
 
 Keep a trajectory only if: every non-final assistant turn has a parseable call list
 (or is a clarification question the user answered); every called name exists;
