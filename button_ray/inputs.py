@@ -37,21 +37,6 @@ def input_options(cfg: ScenarioConfig, output_options: dict[str, Any] | None) ->
     return dict(cfg.storage_options if cfg.storage_options is not None else (output_options or {}))
 
 
-def check_input(cfg: ScenarioConfig, storage_options: dict[str, Any] | None = None) -> None:
-    """Preflight: the input exists and has a supported format."""
-    if cfg.source == "default":
-        return
-    if not cfg.source.endswith(_FORMATS):
-        raise InputError(f"scenarios.source {cfg.source!r}: use a .txt, .jsonl, .json or .parquet file")
-    try:
-        fs, path = fsspec.core.url_to_fs(cfg.source, **(storage_options or {}))
-        found = fs.exists(path)
-    except Exception as exc:  # noqa: BLE001 - any failure here is "cannot reach the input"
-        raise InputError(f"scenarios.source {cfg.source!r} cannot be reached: {exc}") from exc
-    if not found:
-        raise InputError(f"scenarios.source {cfg.source!r} does not exist")
-
-
 def _text_value(value: Any, where: str, field: str) -> str | None:
     """The scenario text of one row, or None for a blank one; anything but text is an error."""
     if value is None:
@@ -139,10 +124,14 @@ def read_scenarios(cfg: ScenarioConfig, limit: int | None = None,
 
         texts, source = iter(load_default_scenarios()), "default"
     else:
+        if not cfg.source.endswith(_FORMATS):
+            raise InputError(f"scenarios.source {cfg.source!r}: use a .txt, .jsonl, .json or .parquet file")
         try:
             with fsspec.open(cfg.source, "rb", **(storage_options or {})) as f:
                 data = f.read()
-        except Exception as exc:  # noqa: BLE001 - missing, denied, unreachable: all "cannot read"
+        except FileNotFoundError as exc:
+            raise InputError(f"scenarios.source {cfg.source!r} does not exist") from exc
+        except Exception as exc:  # noqa: BLE001 - denied, unreachable: all "cannot read"
             raise InputError(f"scenarios.source {cfg.source!r} cannot be read: {type(exc).__name__}: {exc}") from exc
         texts, source = _texts(cfg.source, data, cfg.text_field), cfg.source.rsplit("/", 1)[-1]
     seen: set[str] = set()

@@ -28,10 +28,10 @@ import numpy as np
 import ray
 
 from button_ray import summary as summ
-from button_ray.config import MethodConfig, PoolConfig, RunConfig
-from button_ray.inputs import check_input, input_options, read_scenarios
+from button_ray.config import MethodConfig, RunConfig
+from button_ray.inputs import input_options, read_scenarios
 from button_ray.llm.pool import LLMUnavailableError, PoolClient
-from button_ray.llm.replica import start_pools, stop_pools
+from button_ray.llm.replica import Pools, start_pools, stop_pools
 from button_ray.prompts import template_hashes
 from button_ray.records import (
     ACCEPTED_SCHEMA,
@@ -64,7 +64,7 @@ def _stage_fn(name: str) -> StageFn:
 class ItemStage:
     """Ray Data UDF: one method stage over rows, every row its own coroutine."""
 
-    def __init__(self, stage: str, method: MethodConfig, pools: dict[str, tuple[PoolConfig, list[Any]]],
+    def __init__(self, stage: str, method: MethodConfig, pools: Pools,
                  affinity: bool = True) -> None:
         self.stage = stage
         self.fn = _stage_fn(stage)
@@ -353,7 +353,7 @@ def _init_ray(cfg: RunConfig) -> None:
     ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
 
 
-def _engine_activity(pools: dict[str, tuple[PoolConfig, list[Any]]], since: float) -> str:
+def _engine_activity(pools: Pools, since: float) -> str:
     """Requests served and in flight over all replicas, and the engines' completion
     tokens/s since ``since`` (what the engines produce now, not only finished items)."""
     metrics = ray.get([h.metrics.remote() for _, handles in pools.values() for h in handles], timeout=5)
@@ -388,9 +388,7 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
 
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
     store.preflight()
-    in_options = input_options(cfg.scenarios, cfg.output.storage_options)
-    check_input(cfg.scenarios, in_options)
-    scenarios = read_scenarios(cfg.scenarios, limit, in_options)
+    scenarios = read_scenarios(cfg.scenarios, limit, input_options(cfg.scenarios, cfg.output.storage_options))
     resuming = store.claim(fingerprint, _recorded_config(cfg))
 
     slots = cfg.method.atomic_tasks_per_scenario
@@ -459,7 +457,7 @@ def _run_pending(cfg: RunConfig, fingerprint: str, hashes: dict[str, str], pendi
         stop_pools(pools)
 
 
-def _stream(cfg: RunConfig, pools: dict[str, tuple[PoolConfig, list[Any]]], source: ItemSource,
+def _stream(cfg: RunConfig, pools: Pools, source: ItemSource,
             sink: ShardSink, progress: summ.Progress) -> dict[str, int]:
     """Run the stream into ``sink``; return the source gate's counters."""
     import ray.data

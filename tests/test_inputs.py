@@ -82,3 +82,11 @@ def test_cli_refuses_num_scenarios_below_one(capsys):
             main(["generate", "--num-scenarios", value, "--output", "/nonexistent/never"])
         assert exc.value.code == 2
         assert "--num-scenarios: must be at least 1" in capsys.readouterr().err
+
+
+def test_missing_file_and_unknown_format_are_one_sentence(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        _read(tmp_path / "nope.txt")
+    (tmp_path / "s.csv").write_text("scenario\nBooking a flight\n")
+    with pytest.raises(InputError, match=r"use a .txt, .jsonl, .json or .parquet file"):
+        _read(tmp_path / "s.csv")
