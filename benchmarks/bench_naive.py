@@ -686,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
             if not cache_reset:
                 print("[bench_naive] warning: could not reset the prefix cache before this mode", flush=True)
             print(f"[bench_naive] mode K={k} ...", flush=True)
-            m = run_mode(k, rows, llm, cfg.method, budget, args.items, stop)
+            m = run_mode(k, rows, llm, cfg.resolved_method(), budget, args.items, stop)
             m["prefix_cache_reset"] = cache_reset
             # A server given by --server-url is not under this process: its CPU is missed.
             m["cpu_feed"] = cpu.cores(m["feed"]["start"], m["feed"]["end"]) if m["feed"] else None

@@ -76,16 +76,71 @@ class StageSampling(_Config):
         return getattr(self, role)
 
 
+#: How tightly a role's output is constrained (see docs/constraints.md):
+#: ``structure`` guarantees well-formed output (JSON, function names, argument names and
+#: types, the ``<call>``/``<final>`` shape) and bounds nothing else; ``tight`` adds the
+#: word and length bounds of :class:`TightConstraints` a very small model needs; ``off``
+#: sends no constraint (the parsers still check everything).
+Strength = Literal["structure", "tight", "off"]
+
+
+class TightConstraints(_Config):
+    """The bounds of the ``tight`` strength: what keeps a ~100M-parameter model parseable.
+
+    Free text is bounded in words (chars / 6), each word a bounded run of visible
+    characters: without a word-length bound a tiny model glues characters together until
+    ``max_tokens``, and xgrammar compiles long character repetitions slowly.
+    """
+
+    OUTPUTS = frozenset({"thought_max_chars", "message_max_chars", "value_max_chars", "prose_word_chars",
+                         "value_word_chars", "max_list_items", "max_object_keys", "plain_prose", "plain_text"})
+
+    thought_max_chars: int = Field(
+        400, ge=16, le=8000, description="Bound on the assistant's thought before <call>/<final>."
+    )
+    message_max_chars: int = Field(
+        600, ge=16, le=16000, description="Bound on a user-agent message and on a final answer."
+    )
+    value_max_chars: int = Field(
+        64, ge=4, le=4000, description="Bound on a string value in call arguments and tool results."
+    )
+    prose_word_chars: int = Field(
+        16, ge=4, le=64, description="Longest word of prose (thought, final answer, user message), in characters."
+    )
+    value_word_chars: int = Field(
+        24, ge=4, le=128,
+        description="Longest space-free run inside a string value (dates, e-mail addresses, ids); no escapes.",
+    )
+    max_list_items: int = Field(4, ge=1, le=64, description="Most items of an array value.")
+    max_object_keys: int = Field(
+        4, ge=1, le=64, description="Most keys of an object value without declared properties (flat scalars)."
+    )
+    plain_prose: bool = Field(
+        False,
+        description="The agents' prose (assistant thought and final answer, user messages) may not hold "
+        "code or JSON marks (<>{}[]`\\_|): a small model otherwise pastes code blocks and call lists into "
+        "its thoughts and answers.",
+    )
+    plain_text: bool = Field(
+        False,
+        description="Send the bottom-up stages' JSON schemas as GBNF grammars whose free-text strings are "
+        "plain text: bounded words (maxLength/6), the first starting with a capital letter or a digit, none "
+        "of <>[]{}_\"\\ (see bottom_up/json_grammar.py). A small model can then not fill a field with "
+        "template placeholders, JSON fragments, snake_case tool names or a phrase repeated to max_tokens.",
+    )
+
+
 class MethodConfig(_Config):
     """The BUTTON method's choices: the method's own, and those it leaves open to us."""
 
     OUTPUTS = frozenset({
         "atomic_tasks_per_scenario", "strategy_mix", "parallel_ratio", "max_assistant_turns",
-        "max_clarifications", "max_trajectory_tokens", "retries", "use_constraints", "thought_max_chars",
-        "message_max_chars", "plain_prose", "user_openers", "value_max_chars", "max_calls_per_turn",
+        "max_clarifications", "max_trajectory_tokens", "trajectory_tokens_per_function", "retries",
+        "constraints", "tight", "user_openers", "max_calls_per_turn", "parallel_hints", "shuffle_tools",
+        "atomic_task_angles", "functions_tokens_per_function",
         "steer_calls", "steer_max_calls", "max_functions_per_subtask", "min_functions_per_subtask",
         "function_name_pattern", "function_names_from_subtask", "parameter_name_pattern",
-        "atomic_task_max_words", "reject_prompt_copies", "pin_first_subtask", "plain_text", "min_calls",
+        "atomic_task_max_words", "reject_prompt_copies", "pin_first_subtask", "min_calls",
         "min_assistant_turns", "sampling",
     })
 
@@ -102,41 +157,61 @@ class MethodConfig(_Config):
         2, ge=0, le=16, description="User-agent replies to assistant turns that neither call nor answer."
     )
     max_trajectory_tokens: int = Field(
-        24000, ge=512, description="Prompt+completion token budget per trajectory; over it discards."
+        12000,
+        ge=512,
+        description="Prompt+completion token budget per trajectory (retries included), before the "
+        "per-function share; over it discards.",
+    )
+    trajectory_tokens_per_function: int = Field(
+        6000,
+        ge=0,
+        description="Added to max_trajectory_tokens per function of the trajectory: a task with many "
+        "functions has more turns and longer prompts, and a flat budget would bias the data short.",
+    )
+    functions_tokens_per_function: int = Field(
+        300,
+        ge=0,
+        description="The functions stage may write at least this many tokens per function it may define "
+        "(max_functions_per_subtask x sub-tasks); sampling.functions.max_tokens is the floor.",
+    )
+    parallel_hints: bool = Field(
+        True,
+        description="With parallel calling on, tell the assistant agent which sub-tasks do not depend on "
+        "each other (a parallel-then-sequential composition's first two), so it can call them in one turn. "
+        "Only the agent's own prompt says so; the saved system message stays BUTTON's.",
+    )
+    shuffle_tools: bool = Field(
+        True,
+        description="Order the tool list of the system message by a shuffle seeded from the record id, "
+        "not by sub-task (which would reveal the plan to the model trained on it).",
+    )
+    atomic_task_angles: tuple[str, ...] = Field(
+        (
+            "a busy parent", "a student", "a retiree", "a small business owner", "a traveller abroad",
+            "a nurse on night shifts", "a freelance designer", "a new employee", "a sports coach",
+            "a landlord", "a teacher", "someone planning a surprise", "a software developer",
+            "a farmer", "someone who just moved to a new city", "a volunteer organiser",
+        ),
+        description="Who asks, one per slot: slot k of a scenario gets angle (offset + k) mod n, the offset "
+        "drawn from the scenario id, so a scenario's slots get different askers instead of the same prompt "
+        "with another seed (a strong model converges on near-duplicates). Empty: no angle.",
     )
     retries: int = Field(
         2, ge=0, le=10, description="Extra attempts (new seed) per LLM step on malformed/truncated output."
     )
-    use_constraints: bool = Field(
-        True, description="Send output constraints (JSON schema / grammar) with every request."
+    constraints: dict[Role, Strength] = Field(
+        default_factory=dict,
+        description="Per-role override of the strength of output constraints; a role not named here takes "
+        "the 'constraints' of the pool serving it (see PoolConfig.constraints).",
     )
-    thought_max_chars: int = Field(
-        400, ge=16, le=8000, description="Bound on free thought before <call>/<final> in the grammar."
-    )
-    message_max_chars: int = Field(
-        600,
-        ge=16,
-        le=16000,
-        description="Bound on a user-agent message and on a final answer in the grammar "
-        "(enforced as a word count, chars/6).",
-    )
-    plain_prose: bool = Field(
-        False,
-        description="The agents' prose (assistant thought and final answer, user messages) may not hold "
-        "code or JSON marks (<>{}[]`\\_|) in their grammars: a small model otherwise pastes code blocks "
-        "and call lists into its thoughts and answers.",
+    tight: TightConstraints = Field(
+        default_factory=lambda: TightConstraints(),
+        description="The bounds of the 'tight' strength (ignored by roles at 'structure' or 'off').",
     )
     user_openers: tuple[str, ...] = Field(
         (),
         description="Phrases the user agent's first message must start with (one of them, in its grammar). "
         "Empty: free. Keeps a small model in the user's role (it otherwise answers as an assistant).",
-    )
-    value_max_chars: int = Field(
-        64,
-        ge=4,
-        le=4000,
-        description="Bound on a string value in constrained call arguments and tool results "
-        "(enforced as a word count, chars/6).",
     )
     max_calls_per_turn: int = Field(
         3, ge=1, le=16, description="Most calls one assistant turn may hold when parallel calling is on."
@@ -191,16 +266,18 @@ class MethodConfig(_Config):
         "so the model writes only the new sub-tasks and the composite task (the parser keeps the atomic "
         "task verbatim either way).",
     )
-    plain_text: bool = Field(
-        False,
-        description="Send the bottom-up stages' JSON schemas as GBNF grammars whose free-text strings are "
-        "plain text: bounded words (maxLength/6), the first starting with a capital letter or a digit, none "
-        "of <>[]{}_\"\\ (see bottom_up/json_grammar.py). A small model can then not fill a field with "
-        "template placeholders, JSON fragments, snake_case tool names or a phrase repeated to max_tokens.",
-    )
     min_calls: int = Field(2, ge=1, description="Trajectory filter: minimum total function calls.")
     min_assistant_turns: int = Field(2, ge=1, description="Trajectory filter: minimum assistant turns.")
     sampling: StageSampling = StageSampling()
+
+    def strength(self, role: Role) -> Strength:
+        """The constraint strength of ``role`` (``structure`` unless set; a run resolves the
+        pools' settings into ``constraints``, see :meth:`RunConfig.resolved_method`)."""
+        return self.constraints.get(role, "structure")
+
+    def trajectory_budget(self, n_functions: int) -> int:
+        """The token budget of a trajectory with ``n_functions`` functions."""
+        return self.max_trajectory_tokens + self.trajectory_tokens_per_function * n_functions
 
     @model_validator(mode="after")
     def _mix_positive(self) -> "MethodConfig":
@@ -309,7 +386,7 @@ class EngineConfig(_Config):
 class PoolConfig(_Config):
     """A set of identical replicas serving some roles."""
 
-    OUTPUTS = frozenset({"roles", "engine", "engine_class"})
+    OUTPUTS = frozenset({"roles", "engine", "engine_class", "constraints"})
     NOT_OUTPUTS = frozenset({"name", "replicas", "num_gpus", "num_cpus", "max_inflight", "request_timeout_s",
                              "start_timeout_s"})
 
@@ -333,6 +410,13 @@ class PoolConfig(_Config):
         description="How long a replica may take to be placed and to start its engine (a 70B model's "
         "download and load take many minutes). Past it the job stops, naming what is missing: resources no "
         "node has, resources taken, or an engine still loading.",
+    )
+    constraints: Strength = Field(
+        "structure",
+        description="How tightly this pool's model is held (per role: method.constraints). 'structure': "
+        "well-formed JSON, names, argument types and the <call>/<final> shape, no bounds on words or lengths "
+        "(strong models); 'tight': also the word and length bounds of method.tight (a ~100M model); 'off': "
+        "no constraint.",
     )
     engine: EngineConfig = EngineConfig()
     engine_class: str = Field(
@@ -421,6 +505,12 @@ class RunConfig(_Config):
 
     def pool_for(self, role: Role) -> PoolConfig:
         return next(p for p in self.pools if role in p.roles)
+
+    def resolved_method(self) -> MethodConfig:
+        """The method config the stages run with: every role's constraint strength
+        spelled out (``method.constraints`` first, else the serving pool's)."""
+        strengths = {role: self.method.constraints.get(role, self.pool_for(role).constraints) for role in ROLES}
+        return self.method.model_copy(update={"constraints": strengths})
 
     def fingerprint(self, template_hashes: dict[str, str] | None = None) -> str:
         """Hash of the ``OUTPUTS`` fields of every config and of the prompt templates."""

@@ -486,7 +486,7 @@ def _stream(cfg: RunConfig, pools: Pools, source: ItemSource,
         for stage, actors in (("bottom_up", rt.bottom_up_actors), ("simulate", rt.simulation_actors)):
             ds = ds.map_batches(
                 _STAGE_CLASSES[stage],
-                fn_constructor_kwargs={"stage": stage, "method": cfg.method, "pools": pools,
+                fn_constructor_kwargs={"stage": stage, "method": cfg.resolved_method(), "pools": pools,
                                        "affinity": rt.affinity_routing},
                 batch_size=rows_per_block,
                 batch_format="numpy",

@@ -44,7 +44,7 @@ def run_scenario_job(cfg: RunConfig, seeds: str | None, base: str, target: int, 
     try:
         client = PoolClient(pools)
         pool, stats = asyncio.run(
-            build_scenario_pool(base_texts, conversations, target, client, cfg.method, cfg.scenarios)
+            build_scenario_pool(base_texts, conversations, target, client, cfg.resolved_method(), cfg.scenarios)
         )
     finally:
         stop_pools(pools)

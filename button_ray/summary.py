@@ -20,8 +20,33 @@ from button_ray.records import WorkItem
 STAGE_ORDER = (*(r for r in ROLES if not r.startswith("scenario_")), "simulation", "trajectory_filter")
 
 
+#: Counts over emitted trajectories (the dialogue shape the data teaches).
+SHAPE_KEYS = ("trajectories", "calls", "calling_turns", "parallel_trajectories", "parallel_calls",
+              "parallel_calling_turns", "clarifications", "subtasks", "subtasks_without_function")
+
+
 def new_stats() -> dict[str, Any]:
-    return {"items": 0, "emitted": 0, "failed": 0, "rejected": {}, "errors": {}, "usage": {}}
+    return {"items": 0, "emitted": 0, "failed": 0, "rejected": {}, "errors": {}, "usage": {},
+            "shape": dict.fromkeys(SHAPE_KEYS, 0)}
+
+
+def _add_shape(shape: dict[str, int], item: WorkItem) -> None:
+    if item.stats is None or item.bundle is None:
+        return
+    calling = [n for n in item.stats.calls_per_turn if n]
+    counts = {
+        "trajectories": 1,
+        "calls": sum(calling),
+        "calling_turns": len(calling),
+        "parallel_trajectories": int(bool(item.parallel)),
+        "parallel_calls": sum(calling) if item.parallel else 0,
+        "parallel_calling_turns": len(calling) if item.parallel else 0,
+        "clarifications": item.stats.clarifications,
+        "subtasks": len(item.bundle.functions),
+        "subtasks_without_function": sum(1 for group in item.bundle.functions if not group),
+    }
+    for key, n in counts.items():
+        shape[key] = shape.get(key, 0) + n
 
 
 def add_item(stats: dict[str, Any], item: WorkItem) -> None:
@@ -29,6 +54,7 @@ def add_item(stats: dict[str, Any], item: WorkItem) -> None:
     stats["items"] += 1
     if item.outcome == "emitted":
         stats["emitted"] += 1
+        _add_shape(stats.setdefault("shape", dict.fromkeys(SHAPE_KEYS, 0)), item)
     elif item.outcome == "rejected" and item.rejection is not None:
         by_reason = stats["rejected"].setdefault(item.rejection.stage, {})
         by_reason[item.rejection.reason] = by_reason.get(item.rejection.reason, 0) + 1
@@ -55,6 +81,9 @@ def merge(all_stats: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 acc[reason] = acc.get(reason, 0) + n
         for kind, n in s["errors"].items():
             total["errors"][kind] = total["errors"].get(kind, 0) + n
+        # Stats written before the shape was counted have none.
+        for key, n in s.get("shape", {}).items():
+            total["shape"][key] = total["shape"].get(key, 0) + n
         for role, u in s["usage"].items():
             acc = total["usage"].setdefault(role, {k: 0 for k in u})
             for k, v in u.items():
@@ -76,6 +105,17 @@ def funnel(stats: dict[str, Any]) -> list[dict[str, Any]]:
     if remaining != stats["emitted"]:
         raise AssertionError(f"funnel does not add up: {remaining} left after filters, {stats['emitted']} emitted")
     return rows
+
+
+def shape(stats: dict[str, Any]) -> dict[str, Any]:
+    """The emitted dialogues' shape: the counts, plus calls per calling turn (all, and with
+    parallel calling on; BUTTONInstruct averages more than one)."""
+    counts = dict(stats.get("shape") or dict.fromkeys(SHAPE_KEYS, 0))
+    counts["calls_per_calling_turn"] = counts["calls"] / counts["calling_turns"] if counts["calling_turns"] else 0.0
+    counts["parallel_calls_per_calling_turn"] = (
+        counts["parallel_calls"] / counts["parallel_calling_turns"] if counts["parallel_calling_turns"] else 0.0
+    )
+    return counts
 
 
 def totals(stats: dict[str, Any]) -> dict[str, int]:
@@ -105,6 +145,15 @@ def render(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
         f"wall {summary['wall_time_s']:.0f}s, {summary['completion_tokens_per_s']:.1f} completion tok/s, "
         f"{summary['accepted_per_hour']:.0f} accepted/h"
     )
+    sh = summary.get("shape")
+    if sh and sh["trajectories"]:
+        console.print(
+            f"emitted dialogues: {sh['calls'] / sh['trajectories']:.1f} calls each, "
+            f"{sh['calls_per_calling_turn']:.2f} calls per calling turn "
+            f"({sh['parallel_calls_per_calling_turn']:.2f} with parallel calling on, "
+            f"{sh['parallel_trajectories']} of {sh['trajectories']}), {sh['clarifications']} clarifications, "
+            f"{sh['subtasks_without_function']} of {sh['subtasks']} sub-tasks without a function"
+        )
 
 
 def build_summary(stats: dict[str, Any], wall_time_s: float, attempt_stats: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +169,7 @@ def build_summary(stats: dict[str, Any], wall_time_s: float, attempt_stats: dict
         "failed": stats["failed"],
         "errors": stats["errors"],
         "funnel": funnel(stats),
+        "shape": shape(stats),
         "usage_by_role": stats["usage"],
         "totals": t,
         "unparseable_share": t["unparseable"] / t["calls"] if t["calls"] else 0.0,

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from button_ray.config import ConfigError, PoolConfig, RunConfig, load_config
+from button_ray.config import ConfigError, MethodConfig, PoolConfig, RunConfig, load_config
 
 
 def test_defaults_valid_and_fingerprint_stable():
@@ -69,10 +69,34 @@ def test_method_patterns_and_function_counts_are_checked():
 def test_local_config_turns_the_small_model_aids_on():
     cfg = load_config(Path(__file__).parent.parent / "configs" / "local.yaml")
     m = cfg.method
-    assert m.plain_text and m.plain_prose and m.steer_calls and m.function_names_from_subtask
+    assert m.tight.plain_text and m.tight.plain_prose and m.steer_calls and m.function_names_from_subtask
     assert m.min_functions_per_subtask >= 1 and m.user_openers
+    assert set(cfg.resolved_method().constraints.values()) == {"tight"}
     default = type(m)()
-    assert not (default.plain_text or default.plain_prose or default.steer_calls or default.user_openers)
+    assert not (default.tight.plain_text or default.tight.plain_prose or default.steer_calls or default.user_openers)
+    assert default.strength("assistant_agent") == "structure"
+
+
+@pytest.mark.parametrize("name", ["cluster-8b.yaml", "cluster-70b.yaml", "cluster-split-roles.yaml"])
+def test_cluster_configs_run_at_structure_strength(name: str):
+    cfg = load_config(Path(__file__).parent.parent / "configs" / name)
+    assert set(cfg.resolved_method().constraints.values()) == {"structure"}
+
+
+def test_constraint_strength_per_pool_and_role():
+    cfg = RunConfig(
+        pools=[PoolConfig(name="big", roles=("user_agent", "assistant_agent", "tool_agent")),
+               PoolConfig(name="small", constraints="tight",
+                          roles=("atomic_task", "composition", "composition_filter", "functions",
+                                 "scenario_extraction", "scenario_expansion"))],
+        method=MethodConfig(constraints={"tool_agent": "tight", "functions": "off"}),
+    )  # fmt: skip
+    m = cfg.resolved_method()
+    assert m.strength("assistant_agent") == "structure" and m.strength("atomic_task") == "tight"
+    assert m.strength("tool_agent") == "tight" and m.strength("functions") == "off"
+    # the strength changes outputs: it is in the fingerprint
+    other = cfg.model_copy(update={"pools": (cfg.pools[0], cfg.pools[1].model_copy(update={"constraints": "structure"}))})
+    assert other.fingerprint({}) != cfg.fingerprint({})
 
 
 def _config_classes():

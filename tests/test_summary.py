@@ -70,3 +70,27 @@ def test_progress_line_survives_a_failing_probe():
     progress = summary.Progress(total_items=1, interval=60, out=out, probe=probe)
     progress.update(_item(0, "emitted"), force=True)
     assert "items 1/1 | emitted 1" in out.getvalue()
+
+
+def test_shape_of_emitted_dialogues():
+    from button_ray.records import TrajectoryStats
+    from tests.top_down.helpers import ADVICE, BUNDLE, WEATHER
+
+    def emitted(i, parallel, per_turn, functions=BUNDLE.functions):
+        item = _item(i, "emitted")
+        item.parallel = parallel
+        item.bundle = BUNDLE.model_copy(update={"functions": functions})
+        item.stats = TrajectoryStats(assistant_turns=len(per_turn), calls=sum(per_turn), calls_per_turn=per_turn,
+                                     clarifications=0, prompt_tokens=1, completion_tokens=1)
+        return item
+
+    a, b = summary.new_stats(), summary.new_stats()
+    summary.add_item(a, emitted(0, True, (2, 1, 0)))
+    summary.add_item(b, emitted(1, False, (1, 1, 0), ((WEATHER,), (), (ADVICE,))))
+    shape = summary.shape(summary.merge([a, b]))
+    assert shape["trajectories"] == 2 and shape["calls"] == 5 and shape["calling_turns"] == 4
+    assert shape["calls_per_calling_turn"] == 1.25 and shape["parallel_calls_per_calling_turn"] == 1.5
+    assert (shape["subtasks"], shape["subtasks_without_function"]) == (6, 1)
+    # stats committed before the shape was counted merge as zeros
+    old = {k: v for k, v in summary.new_stats().items() if k != "shape"}
+    assert summary.shape(summary.merge([old]))["trajectories"] == 0

@@ -21,7 +21,7 @@ from button_ray.bottom_up.common import (
 from button_ray.config import MethodConfig
 from button_ray.llm.contract import LLMClient, LLMResponse
 from button_ray.prompts import render
-from button_ray.records import WorkItem
+from button_ray.records import WorkItem, derive_seed
 from button_ray.steps import ParseError
 
 STAGE = "atomic_task"
@@ -48,9 +48,17 @@ def schema(max_words: int | None = None) -> dict:
     }
 
 
-def prompt(scenario: str, cfg: MethodConfig) -> str:
-    """The rendered atomic-task prompt for ``scenario``."""
-    return render("atomic_task.j2", scenario=scenario, max_words=cfg.atomic_task_max_words)
+def angle(scenario_id: str, slot: int, angles: tuple[str, ...]) -> str | None:
+    """Who asks in ``slot`` of a scenario (``MethodConfig.atomic_task_angles``): consecutive
+    angles from an offset drawn from the scenario id, so a scenario's slots differ."""
+    if not angles:
+        return None
+    return angles[(derive_seed(scenario_id, "angle") + slot) % len(angles)]
+
+
+def prompt(scenario: str, cfg: MethodConfig, asker: str | None = None) -> str:
+    """The rendered atomic-task prompt for ``scenario``, asked by ``asker`` (see :func:`angle`)."""
+    return render("atomic_task.j2", scenario=scenario, max_words=cfg.atomic_task_max_words, asker=asker)
 
 
 def parse(response: LLMResponse, max_words: int, prompt_text: str | None) -> str:
@@ -69,7 +77,7 @@ def parse(response: LLMResponse, max_words: int, prompt_text: str | None) -> str
 
 async def write_atomic_task(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> str | None:
     """The atomic task for ``item.scenario``, or None with the item rejected."""
-    text = prompt(item.scenario.text, cfg)
+    text = prompt(item.scenario.text, cfg, angle(item.scenario.scenario_id, item.slot, cfg.atomic_task_angles))
     copy_check = text if cfg.reject_prompt_copies else None
     return await run_item_step(
         item,

@@ -133,12 +133,31 @@ def text_schema(max_chars: int, max_words: int | None = None) -> dict[str, Any]:
     return spec
 
 
-def output_constraint(schema: dict[str, Any], cfg: MethodConfig) -> OutputConstraint | None:
-    """The constraint sent for ``schema``: none without ``cfg.use_constraints``, the schema
-    itself, or with ``cfg.plain_text`` its GBNF translation (see :mod:`.json_grammar`)."""
-    if not cfg.use_constraints:
+#: Keywords that bound a free-text string's length; the ``structure`` strength drops them.
+_LENGTH_KEYS = frozenset({"maxLength", MAX_WORDS_KEY})
+
+
+def without_length_bounds(schema: Any) -> Any:
+    """``schema`` without its string length bounds (``maxLength``, the word annotation):
+    what the ``structure`` strength sends, so a verbose task or description is never cut
+    mid-word by its constraint."""
+    if isinstance(schema, dict):
+        return {k: without_length_bounds(v) for k, v in schema.items() if k not in _LENGTH_KEYS}
+    if isinstance(schema, list):
+        return [without_length_bounds(v) for v in schema]
+    return schema
+
+
+def output_constraint(schema: dict[str, Any], cfg: MethodConfig, role: Role) -> OutputConstraint | None:
+    """The constraint sent for ``schema`` at ``role``'s strength (``MethodConfig.strength``):
+    none when ``off``; the schema without length bounds at ``structure``; at ``tight`` the
+    schema itself, or with ``tight.plain_text`` its GBNF translation (see :mod:`.json_grammar`)."""
+    strength = cfg.strength(role)
+    if strength == "off":
         return None
-    if cfg.plain_text:
+    if strength == "structure":
+        return OutputConstraint(kind="json_schema", spec=without_length_bounds(schema))
+    if cfg.tight.plain_text:
         return OutputConstraint(kind="grammar", spec=schema_to_gbnf(schema))
     return OutputConstraint(kind="json_schema", spec=schema)
 
@@ -150,16 +169,21 @@ def make_request(
     request_id: str,
     cfg: MethodConfig,
     affinity_key: str | None = None,
+    max_tokens: int | None = None,
 ) -> LLMRequest:
-    """One single-message request constrained by ``schema`` (see :func:`output_constraint`).
+    """One single-message request constrained by ``schema`` (see :func:`output_constraint`);
+    ``max_tokens`` raises the role's configured cap.
 
     The seed is left unset: :func:`button_ray.steps.run_step` derives one per attempt.
     """
+    sampling = cfg.sampling.for_role(role)
+    if max_tokens is not None and max_tokens > sampling.max_tokens:
+        sampling = sampling.model_copy(update={"max_tokens": max_tokens})
     return LLMRequest(
         role=role,
         messages=(ChatMessage(role="user", content=prompt),),
-        sampling=cfg.sampling.for_role(role),
-        constraint=output_constraint(schema, cfg),
+        sampling=sampling,
+        constraint=output_constraint(schema, cfg, role),
         affinity_key=affinity_key,
         request_id=request_id,
     )
@@ -173,13 +197,16 @@ async def run_item_step(
     parse: Callable[[LLMResponse], T],
     llm: LLMClient,
     cfg: MethodConfig,
+    max_tokens: int | None = None,
 ) -> T | None:
     """Run one stage for ``item``; on failure reject the item with the step's reason.
 
     Usage is booked under ``stage``; the request id is ``{item_id}/{stage}`` and the
     item id is the affinity key, so all of an item's calls share a replica.
     """
-    request = make_request(stage, prompt, schema, f"{item.item_id}/{stage}", cfg, affinity_key=item.item_id)
+    request = make_request(
+        stage, prompt, schema, f"{item.item_id}/{stage}", cfg, affinity_key=item.item_id, max_tokens=max_tokens
+    )
     usage = item.usage_for(stage)
     result: StepResult[T] = await run_step(llm, lambda _attempt: request, parse, usage, cfg.retries)
     if not result.ok:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from button_ray.bottom_up.common import copied_from_prompt, parse_json_as, run_item_step
 from button_ray.config import MethodConfig
@@ -18,6 +18,7 @@ from button_ray.llm.contract import LLMClient, LLMResponse
 from button_ray.prompts import render
 from button_ray.records import Composition, FunctionDef, WorkItem
 from button_ray.steps import ParseError
+from button_ray.top_down.schema import value_matches
 
 STAGE = "functions"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,47}$"
@@ -33,13 +34,26 @@ _TYPE_ALIASES = {"str": "string", "int": "integer", "float": "number", "bool": "
                  "list": "array", "dict": "object"}
 
 
+#: Nesting levels of ``items`` / ``properties`` a generated spec may use (structure strength).
+SPEC_DEPTH = 2
+#: Most values of an ``enum``, in the generation schema.
+MAX_ENUM = 24
+
+
 class FieldSpec(BaseModel):
-    """One parameter or response: ``{"type": ..., "description": ...}``."""
+    """One parameter or response: ``{"type", "description"}``, and where it applies the
+    JSON Schema keywords trainers and chat templates expect: ``enum`` (a fixed set of
+    values), ``items`` (an array's element), ``properties`` and ``required`` (an object's
+    fields). Nested specs may omit the description."""
 
     model_config = ConfigDict(frozen=True)
 
     type: str
-    description: str = Field(min_length=1)
+    description: str | None = Field(None, min_length=1)
+    enum: tuple[str | int | float | bool, ...] | None = Field(None, min_length=1)
+    items: "FieldSpec | None" = None
+    properties: "dict[FieldName, FieldSpec] | None" = None
+    required: tuple[str, ...] | None = None
 
     @field_validator("type", mode="before")
     @classmethod
@@ -52,10 +66,28 @@ class FieldSpec(BaseModel):
             raise ValueError(f"type must be one of {JSON_TYPES}")
         return name
 
+    @model_validator(mode="after")
+    def _keywords_fit_the_type(self) -> "FieldSpec":
+        if self.enum is not None and not all(value_matches(v, {self.type}) for v in self.enum):
+            raise ValueError(f"enum values must be of type {self.type}")
+        if self.items is not None and self.type != "array":
+            raise ValueError("items belongs to an array")
+        if (self.properties is not None or self.required is not None) and self.type != "object":
+            raise ValueError("properties and required belong to an object")
+        missing = [r for r in self.required or () if r not in (self.properties or {})]
+        if missing:
+            raise ValueError(f"required {missing} not in properties")
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """The spec as it is stored: only the keywords that are set."""
+        return self.model_dump(mode="json", exclude_none=True)
+
 
 # Checked here too, not only in the schema: an engine may ignore the constraint, and a
 # parameter called "start date" cannot be passed as a keyword by most callers.
 FieldName = Annotated[str, StringConstraints(pattern=PARAM_NAME_PATTERN)]
+FieldSpec.model_rebuild()
 
 
 class FunctionOutput(BaseModel):
@@ -69,6 +101,14 @@ class FunctionOutput(BaseModel):
     required: tuple[str, ...] = ()
     responses: dict[FieldName, FieldSpec] = Field(min_length=1)
 
+    @field_validator("parameters", "responses")
+    @classmethod
+    def _described(cls, fields: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+        blank = [name for name, spec in fields.items() if not spec.description]
+        if blank:
+            raise ValueError(f"{blank} need a description")
+        return fields
+
 
 class FunctionsOutput(BaseModel):
     """``{"functions": [[function, ...] per sub-task]}``."""
@@ -78,14 +118,31 @@ class FunctionsOutput(BaseModel):
     functions: tuple[tuple[FunctionOutput, ...], ...]
 
 
-def _field_schema() -> dict:
+def _field_schema(rich: bool = False, parameter_pattern: str = PARAM_NAME_PATTERN, depth: int = 0) -> dict:
+    """JSON schema of one parameter/response spec; ``rich`` (the ``structure`` strength)
+    adds ``enum``, and up to :data:`SPEC_DEPTH` levels of ``items`` / ``properties``."""
+    props: dict[str, Any] = {
+        "type": {"type": "string", "enum": list(JSON_TYPES)},
+        "description": {"type": "string", "minLength": 1, "maxLength": FIELD_DESCRIPTION_MAX_CHARS},
+    }
+    if rich:
+        props["enum"] = {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": MAX_ENUM}
+        if depth < SPEC_DEPTH:
+            inner = _field_schema(True, parameter_pattern, depth + 1)
+            props["items"] = inner
+            props["properties"] = {
+                "type": "object",
+                "propertyNames": {"pattern": parameter_pattern},
+                "additionalProperties": inner,
+                "maxProperties": MAX_PARAMETERS,
+            }
+            props["required"] = {
+                "type": "array", "items": {"type": "string", "pattern": parameter_pattern}, "maxItems": MAX_PARAMETERS
+            }
     return {
         "type": "object",
-        "properties": {
-            "type": {"type": "string", "enum": list(JSON_TYPES)},
-            "description": {"type": "string", "minLength": 1, "maxLength": FIELD_DESCRIPTION_MAX_CHARS},
-        },
-        "required": ["type", "description"],
+        "properties": props,
+        "required": ["type", "description"] if depth == 0 else ["type"],
         "additionalProperties": False,
     }
 
@@ -184,25 +241,27 @@ def schema(
     name_pattern: str = NAME_PATTERN,
     parameter_pattern: str = PARAM_NAME_PATTERN,
     group_name_patterns: Sequence[str | None] | None = None,
+    rich: bool = False,
 ) -> dict:
     """JSON schema: exactly ``n_subtasks`` lists of ``min_per_subtask`` to ``max_per_subtask``
     functions, names matching ``name_pattern``, parameter and result names ``parameter_pattern``.
 
     ``group_name_patterns`` (one per sub-task, None for ``name_pattern``) gives each group
-    its own name pattern, as ``prefixItems``.
+    its own name pattern, as ``prefixItems``. ``rich``: specs may use ``enum``, ``items``
+    and nested ``properties`` (see :func:`_field_schema`).
     """
     if group_name_patterns is not None:
         if len(group_name_patterns) != n_subtasks:
             raise ValueError("one name pattern per sub-task")
         groups = [
-            _group_schema(min_per_subtask, max_per_subtask, p or name_pattern, parameter_pattern)
+            _group_schema(min_per_subtask, max_per_subtask, p or name_pattern, parameter_pattern, rich)
             for p in group_name_patterns
         ]
         array = {"type": "array", "prefixItems": groups, "minItems": n_subtasks, "maxItems": n_subtasks}
     else:
         array = {
             "type": "array",
-            "items": _group_schema(min_per_subtask, max_per_subtask, name_pattern, parameter_pattern),
+            "items": _group_schema(min_per_subtask, max_per_subtask, name_pattern, parameter_pattern, rich),
             "minItems": n_subtasks,
             "maxItems": n_subtasks,
         }
@@ -214,7 +273,8 @@ def schema(
     }
 
 
-def _group_schema(min_items: int, max_items: int, name_pattern: str, parameter_pattern: str) -> dict:
+def _group_schema(min_items: int, max_items: int, name_pattern: str, parameter_pattern: str, rich: bool) -> dict:
+    spec = _field_schema(rich, parameter_pattern)
     function = {
         "type": "object",
         "properties": {
@@ -223,7 +283,7 @@ def _group_schema(min_items: int, max_items: int, name_pattern: str, parameter_p
             "parameters": {
                 "type": "object",
                 "propertyNames": {"pattern": parameter_pattern},
-                "additionalProperties": _field_schema(),
+                "additionalProperties": spec,
                 "maxProperties": MAX_PARAMETERS,
             },
             "required": {
@@ -234,7 +294,7 @@ def _group_schema(min_items: int, max_items: int, name_pattern: str, parameter_p
             "responses": {
                 "type": "object",
                 "propertyNames": {"pattern": parameter_pattern},
-                "additionalProperties": _field_schema(),
+                "additionalProperties": spec,
                 "minProperties": 1,
                 "maxProperties": MAX_RESPONSES,
             },
@@ -245,6 +305,12 @@ def _group_schema(min_items: int, max_items: int, name_pattern: str, parameter_p
     return {"type": "array", "items": function, "minItems": min_items, "maxItems": max_items}
 
 
+def rich_specs(cfg: MethodConfig) -> bool:
+    """Whether specs may use ``enum``, ``items`` and nested ``properties``: at the
+    ``structure`` strength (a strong model writes them; a tiny one gets lost in them)."""
+    return cfg.strength(STAGE) == "structure"
+
+
 def prompt(composition: Composition, cfg: MethodConfig) -> str:
     """The rendered function-generation prompt."""
     return render(
@@ -252,6 +318,7 @@ def prompt(composition: Composition, cfg: MethodConfig) -> str:
         composite_task=composition.composite_task,
         subtasks=list(composition.subtasks),
         max_functions=cfg.max_functions_per_subtask,
+        rich=rich_specs(cfg),
     )
 
 
@@ -264,9 +331,9 @@ def _to_def(fn: FunctionOutput) -> FunctionDef:
     return FunctionDef(
         name=fn.name,
         description=fn.description.strip(),
-        parameters={k: v.model_dump() for k, v in fn.parameters.items()},
+        parameters={k: v.as_dict() for k, v in fn.parameters.items()},
         required=tuple(dict.fromkeys(fn.required)),
-        responses={k: v.model_dump() for k, v in fn.responses.items()},
+        responses={k: v.as_dict() for k, v in fn.responses.items()},
     )
 
 
@@ -338,12 +405,16 @@ async def generate_functions(
         parameter_pattern=cfg.parameter_name_pattern,
         group_name_patterns=name_patterns(composition.subtasks) if cfg.function_names_from_subtask else None,
     )
+    # Room for every function the schema allows, so many-function tasks are not the
+    # ones cut off (sampling.functions.max_tokens stays the floor).
+    max_tokens = cfg.functions_tokens_per_function * cfg.max_functions_per_subtask * n
     return await run_item_step(
         item,
         STAGE,
         text,
-        schema(n, cfg.max_functions_per_subtask, **rules),
+        schema(n, cfg.max_functions_per_subtask, rich=rich_specs(cfg), **rules),
         lambda r: parse(r, n, cfg.max_functions_per_subtask, copy_check, **rules),
         llm,
         cfg,
+        max_tokens=max_tokens,
     )

@@ -62,9 +62,12 @@ def schema() -> dict:
 
 
 def prompt(composition: Composition) -> str:
-    """The rendered judge prompt."""
+    """The rendered judge prompt: the composition and its strategy, whose structure it checks."""
     return render(
-        "composition_filter.j2", composite_task=composition.composite_task, subtasks=list(composition.subtasks)
+        "composition_filter.j2",
+        composite_task=composition.composite_task,
+        subtasks=list(composition.subtasks),
+        strategy=composition.strategy,
     )
 
 

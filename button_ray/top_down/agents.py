@@ -12,6 +12,7 @@ consecutive requests of one trajectory share a prefix for the engine's prefix ca
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -26,7 +27,7 @@ from button_ray.button_format import (
 from button_ray.config import MethodConfig
 from button_ray.llm.contract import ChatMessage, LLMRequest, OutputConstraint, Role
 from button_ray.prompts import render
-from button_ray.records import FunctionDef, TaskBundle, ToolCall, Turn
+from button_ray.records import FunctionDef, TaskBundle, ToolCall, Turn, derive_seed
 from button_ray.steps import ParseError
 from button_ray.top_down.grammar import assistant_grammar, tool_result_grammar, user_message_grammar
 from button_ray.top_down.schema import call_problem
@@ -35,6 +36,11 @@ USER_TEMPLATE = "user_agent.j2"
 ASSISTANT_TEMPLATE = "assistant_agent.j2"
 TOOL_TEMPLATE = "tool_agent.j2"
 _TAGS = (CALL_OPEN, CALL_CLOSE, FINAL_OPEN, FINAL_CLOSE)
+#: Per strategy, the sub-tasks (0-based) each sub-task consumes the results of.
+DEPENDS_ON: dict[str, dict[int, frozenset[int]]] = {
+    "sequential": {1: frozenset({0})},
+    "parallel_then_sequential": {2: frozenset({0, 1})},
+}
 
 
 def _reject_constant(name: str) -> Any:
@@ -47,6 +53,15 @@ def strict_json_loads(text: str) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
+def tool_order(item_id: str, functions: Sequence[FunctionDef], shuffle: bool) -> tuple[FunctionDef, ...]:
+    """The order of the tool list in the system message: a shuffle seeded from the record
+    id (``MethodConfig.shuffle_tools``), else sub-task order."""
+    order = list(functions)
+    if shuffle:
+        random.Random(derive_seed(item_id, "tool_order")).shuffle(order)
+    return tuple(order)
+
+
 @dataclass
 class TrajectoryContext:
     """Everything about one trajectory that stays fixed while it is simulated."""
@@ -56,40 +71,67 @@ class TrajectoryContext:
     parallel: bool
     cfg: MethodConfig
     functions: tuple[FunctionDef, ...] = field(init=False)
+    tools: tuple[FunctionDef, ...] = field(init=False)
     by_name: dict[str, FunctionDef] = field(init=False)
+    subtask_of: dict[str, int] = field(init=False)
+    apart: frozenset[frozenset[str]] = field(init=False)
     assistant_system: str = field(init=False)
     user_constraint: OutputConstraint | None = field(init=False)
     first_user_constraint: OutputConstraint | None = field(init=False)
-    _tool_constraints: dict[str, OutputConstraint] = field(init=False, default_factory=dict)
-    _assistant_constraints: dict[tuple, OutputConstraint] = field(init=False, default_factory=dict)
+    _tool_constraints: dict[str, OutputConstraint | None] = field(init=False, default_factory=dict)
+    _assistant_constraints: dict[tuple, OutputConstraint | None] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        # ``functions`` stays in sub-task order (steering offers calls in that order);
+        # ``tools`` is the order the saved system message shows.
         self.functions = self.bundle.flat_functions
+        self.tools = tool_order(self.item_id, self.functions, self.cfg.shuffle_tools)
         self.by_name = {f.name: f for f in self.functions}
+        self.subtask_of = {f.name: i for i, group in enumerate(self.bundle.functions) for f in group}
+        depends = DEPENDS_ON.get(self.bundle.composition.strategy, {})
+        self.apart = frozenset(
+            frozenset({a, b})
+            for a, i in self.subtask_of.items()
+            for b, j in self.subtask_of.items()
+            if i in depends.get(j, ())
+        )
+        composition = self.bundle.composition
         self.assistant_system = render(
             ASSISTANT_TEMPLATE,
             part="system",
-            system_prompt=render_system_prompt(self.functions, self.parallel),
-            subtasks=self.bundle.composition.subtasks,
+            system_prompt=render_system_prompt(self.tools, self.parallel),
+            subtasks=composition.subtasks,
+            subtask_functions=[[f.name for f in group] for group in self.bundle.functions],
             parallel=self.parallel,
+            independent=self._independent_subtasks(),
         )
         self.user_constraint = self.first_user_constraint = None
-        if self.cfg.use_constraints:
-            plain = self.cfg.plain_prose
-            self.user_constraint = OutputConstraint(
-                kind="grammar", spec=user_message_grammar(self.cfg.message_max_chars, plain_prose=plain)
-            )
-            self.first_user_constraint = self.user_constraint
-            if self.cfg.user_openers:
-                spec = user_message_grammar(self.cfg.message_max_chars, self.cfg.user_openers, plain)
-                self.first_user_constraint = OutputConstraint(kind="grammar", spec=spec)
+        strength = self.cfg.strength("user_agent")
+        if strength != "off":
+            tight = self.cfg.tight
+            self.user_constraint = _grammar(user_message_grammar(strength, tight))
+            self.first_user_constraint = _grammar(user_message_grammar(strength, tight, self.cfg.user_openers))
 
-    def steer(self, called: frozenset[str], calls_made: int) -> "Steer":
-        """What the next assistant turn may do, given the names called so far and the
-        number of calls made (``MethodConfig.steer_calls``; without it: anything)."""
+    def _independent_subtasks(self) -> tuple[int, ...]:
+        """1-based sub-tasks the assistant may call together (``MethodConfig.parallel_hints``):
+        those that consume no other's result, when at least two have functions."""
+        if not (self.parallel and self.cfg.parallel_hints):
+            return ()
+        depends = DEPENDS_ON.get(self.bundle.composition.strategy, {})
+        consumed = set().union(*depends.values()) if depends else set()
+        free = [i for i in sorted(consumed) if i not in depends and self.bundle.functions[i]]
+        return tuple(i + 1 for i in free) if len(free) >= 2 else ()
+
+    def steer(self, called: frozenset[str], calls_made: int, clarifications: int = 0) -> "Steer":
+        """What the next assistant turn may do, given the names called so far, the number
+        of calls made (``MethodConfig.steer_calls``; without it: any call or a final answer)
+        and the questions asked (one more is allowed at ``structure`` strength while under
+        ``max_clarifications``; the tight grammars of a small model allow none)."""
         cfg = self.cfg
+        question = cfg.strength("assistant_agent") == "structure" and clarifications < cfg.max_clarifications
         if not cfg.steer_calls:
-            return Steer(callable_names=None, allow_final=True, max_calls=cfg.max_calls_per_turn)
+            return Steer(callable_names=None, allow_final=True, max_calls=cfg.max_calls_per_turn,
+                         allow_question=question)
         cap = cfg.steer_max_calls or len(self.functions)
         remaining = tuple(f.name for f in self.functions if f.name not in called)
         can_call = bool(remaining) and calls_made < cap
@@ -97,27 +139,29 @@ class TrajectoryContext:
             callable_names=remaining if can_call else (),
             allow_final=calls_made >= cfg.min_calls or not can_call,
             max_calls=max(1, min(cfg.max_calls_per_turn, cap - calls_made)),
+            allow_question=question,
         )
 
     def assistant_constraint_for(self, steer: "Steer") -> OutputConstraint | None:
         """The assistant grammar for ``steer`` (one per distinct steer, built once)."""
-        if not self.cfg.use_constraints:
+        strength = self.cfg.strength("assistant_agent")
+        if strength == "off":
             return None
-        key = (steer.callable_names, steer.allow_final, steer.max_calls)
-        if key not in self._assistant_constraints:
-            spec = assistant_grammar(
-                self.functions,
-                parallel=self.parallel,
-                thought_max_chars=self.cfg.thought_max_chars,
-                final_max_chars=self.cfg.message_max_chars,
-                value_max_chars=self.cfg.value_max_chars,
-                max_calls_per_turn=steer.max_calls,
-                callable_names=steer.callable_names,
-                allow_final=steer.allow_final,
-                plain_prose=self.cfg.plain_prose,
+        if steer not in self._assistant_constraints:
+            self._assistant_constraints[steer] = _grammar(
+                assistant_grammar(
+                    self.functions,
+                    parallel=self.parallel,
+                    max_calls_per_turn=steer.max_calls,
+                    strength=strength,
+                    tight=self.cfg.tight,
+                    callable_names=steer.callable_names,
+                    allow_final=steer.allow_final,
+                    allow_question=steer.allow_question,
+                    apart=self.apart,
+                )
             )
-            self._assistant_constraints[key] = OutputConstraint(kind="grammar", spec=spec)
-        return self._assistant_constraints[key]
+        return self._assistant_constraints[steer]
 
     @property
     def assistant_constraint(self) -> OutputConstraint | None:
@@ -126,11 +170,11 @@ class TrajectoryContext:
 
     def tool_constraint(self, fn: FunctionDef) -> OutputConstraint | None:
         """The tool agent's constraint for ``fn`` (built once per function and trajectory)."""
-        if not self.cfg.use_constraints:
+        strength = self.cfg.strength("tool_agent")
+        if strength == "off":
             return None
         if fn.name not in self._tool_constraints:
-            spec = tool_result_grammar(fn, self.cfg.value_max_chars)
-            self._tool_constraints[fn.name] = OutputConstraint(kind="grammar", spec=spec)
+            self._tool_constraints[fn.name] = _grammar(tool_result_grammar(fn, strength, self.cfg.tight))
         return self._tool_constraints[fn.name]
 
     def request(
@@ -150,12 +194,17 @@ class TrajectoryContext:
 @dataclass(frozen=True)
 class Steer:
     """What one assistant turn may do: call ``callable_names`` (None: any function, any
-    number of times; empty: nothing), at most ``max_calls`` per turn, and answer if
-    ``allow_final``."""
+    number of times; empty: nothing), at most ``max_calls`` per turn, answer if
+    ``allow_final``, ask the user a question (thought alone) if ``allow_question``."""
 
     callable_names: tuple[str, ...] | None
     allow_final: bool
     max_calls: int
+    allow_question: bool = False
+
+
+def _grammar(spec: str | None) -> OutputConstraint | None:
+    return None if spec is None else OutputConstraint(kind="grammar", spec=spec)
 
 
 # ------------------------------------------------------------------------- user agent
@@ -271,6 +320,12 @@ def _check_calls(ctx: TrajectoryContext, turn: Turn) -> None:
         raise ParseError("multiple_calls_in_off_mode", f"{len(turn.calls)} calls", malformed=False)
     if len(turn.calls) > ctx.cfg.max_calls_per_turn:
         raise ParseError("too_many_calls", f"{len(turn.calls)} calls", malformed=False)
+    names = [c.name for c in turn.calls]
+    for pair in ctx.apart:
+        if pair <= set(names):
+            # One consumes the other's result, which this turn cannot have yet: its
+            # argument is a guess.
+            raise ParseError("dependent_calls_in_one_turn", " + ".join(sorted(pair)), malformed=False)
     for call in turn.calls:
         problem = call_problem(call, ctx.by_name)
         if problem is not None:

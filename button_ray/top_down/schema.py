@@ -53,6 +53,35 @@ def value_matches(value: Any, types: set[str]) -> bool:
     return any(checks[t] for t in types)
 
 
+def value_problem(value: Any, spec: Any, path: str) -> tuple[str, str] | None:
+    """``(reason, detail)`` if ``value`` breaks ``spec`` (its type, its ``enum``, and
+    recursively an array's ``items`` and an object's ``properties``/``required``)."""
+    if not value_matches(value, canonical_types(spec)):
+        return "wrong_argument_type", f"{path}={json.dumps(value, ensure_ascii=False)[:80]}"
+    if not isinstance(spec, dict):
+        return None
+    enum = spec.get("enum")
+    if isinstance(enum, list) and enum and value not in enum:
+        return "argument_not_in_enum", f"{path}={json.dumps(value, ensure_ascii=False)[:80]}"
+    items = spec.get("items")
+    if isinstance(value, list) and isinstance(items, dict):
+        for i, element in enumerate(value):
+            problem = value_problem(element, items, f"{path}[{i}]")
+            if problem:
+                return problem
+    props = spec.get("properties")
+    if isinstance(value, dict) and isinstance(props, dict):
+        for name in spec.get("required") or ():
+            if name not in value:
+                return "missing_required_argument", f"{path}.{name}"
+        for name, element in value.items():
+            if name in props:
+                problem = value_problem(element, props[name], f"{path}.{name}")
+                if problem:
+                    return problem
+    return None
+
+
 def call_problem(call: ToolCall, functions: dict[str, FunctionDef]) -> tuple[str, str] | None:
     """``(reason, detail)`` if ``call`` breaks its function's definition, else None."""
     fn = functions.get(call.name)
@@ -63,8 +92,10 @@ def call_problem(call: ToolCall, functions: dict[str, FunctionDef]) -> tuple[str
             return "missing_required_argument", f"{call.name}.{name}"
     for name, value in call.arguments.items():
         spec = fn.parameters.get(name)
-        if spec is not None and not value_matches(value, canonical_types(spec)):
-            return "wrong_argument_type", f"{call.name}.{name}={json.dumps(value)[:80]}"
+        if spec is not None:
+            problem = value_problem(value, spec, f"{call.name}.{name}")
+            if problem:
+                return problem
     return None
 
 

@@ -59,8 +59,9 @@ class _Simulation:
     def _check_budget(self) -> None:
         usage = [self.item.usage_for(role) for role in ROLES]
         spent = sum(u.prompt_tokens + u.completion_tokens for u in usage)
-        if spent > self.cfg.max_trajectory_tokens:
-            raise _Rejected("simulation", "token_budget", f"{spent} > {self.cfg.max_trajectory_tokens}")
+        budget = self.cfg.trajectory_budget(len(self.ctx.functions))
+        if spent > budget:
+            raise _Rejected("simulation", "token_budget", f"{spent} > {budget}")
 
     async def _step(
         self, stage: str, build: Callable[[int], LLMRequest], parse: Callable[[LLMResponse], Any]
@@ -90,7 +91,7 @@ class _Simulation:
             raise _Rejected("simulation", "turn_limit", f"{self.assistant_turns} assistant turns")
         index = self.assistant_turns
         history = list(self.assistant_chat)
-        steer = self.ctx.steer(frozenset(self.called), self.calls_made)
+        steer = self.ctx.steer(frozenset(self.called), self.calls_made, self.clarifications)
         turn: Turn = await self._step(
             "assistant_agent",
             lambda attempt: agents.assistant_request(self.ctx, history, index, steer),
@@ -195,7 +196,7 @@ async def simulate(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> WorkIte
     )
     if problem is not None:
         return item.reject("trajectory_filter", *problem)
-    messages = to_button_messages(ctx.functions, item.parallel, sim.turns)
+    messages = to_button_messages(ctx.tools, item.parallel, sim.turns)
     errors = validate_button_record({"messages": messages})
     if errors:
         # The filter and the renderer disagree: keep the record out rather than ship it.

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from button_ray.bottom_up import atomic
+from button_ray.bottom_up.common import without_length_bounds
 from button_ray.config import MethodConfig
 from tests.bottom_up.conftest import scripted, truncated
 from tests.fakes import ScriptedLLM
@@ -26,7 +27,7 @@ async def test_happy_path_request_shape(item, cfg) -> None:
     assert req.sampling.model_copy(update={"seed": None}) == cfg.sampling.atomic_task
     assert req.sampling.seed is not None
     assert req.constraint is not None and req.constraint.kind == "json_schema"
-    assert req.constraint.spec == atomic.schema(cfg.atomic_task_max_words)
+    assert req.constraint.spec == without_length_bounds(atomic.schema(cfg.atomic_task_max_words))
     assert "tracking a parcel" in req.messages[-1].content
     assert item.usage_for("atomic_task").calls == 1
     assert item.outcome == "pending"
@@ -34,7 +35,7 @@ async def test_happy_path_request_shape(item, cfg) -> None:
 
 async def test_no_constraint_when_disabled(item) -> None:
     llm = ScriptedLLM(scripted({"atomic_task": [GOOD]}))
-    await atomic.write_atomic_task(item, llm, MethodConfig(use_constraints=False))
+    await atomic.write_atomic_task(item, llm, MethodConfig(constraints={"atomic_task": "off"}))
     assert llm.requests[0].constraint is None
 
 
@@ -89,3 +90,16 @@ async def test_word_limit_is_configurable(item) -> None:
     await atomic.write_atomic_task(item, llm, MethodConfig(atomic_task_max_words=5, retries=0))
     assert item.rejection.reason == "too_long"
     assert "at most 5 words" in llm.requests[0].messages[-1].content
+
+
+def test_each_slot_of_a_scenario_gets_another_asker() -> None:
+    angles = MethodConfig().atomic_task_angles
+    for scenario_id in ("s1", "s2", "booking-a-flight"):
+        askers = [atomic.angle(scenario_id, slot, angles) for slot in range(8)]
+        assert len(set(askers)) == 8  # 8 slots, 8 different askers
+        assert askers == [atomic.angle(scenario_id, slot, angles) for slot in range(8)]
+    offsets = {atomic.angle(f"s{n}", 0, angles) for n in range(40)}
+    assert len(offsets) > 4  # the first slot's asker varies across scenarios
+    assert atomic.angle("s1", 0, ()) is None
+    assert "a student in the scenario" in atomic.prompt("tracking a parcel", MethodConfig(), "a student")
+    assert "a person in the scenario" in atomic.prompt("tracking a parcel", MethodConfig(), None)

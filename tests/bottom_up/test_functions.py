@@ -7,6 +7,7 @@ import json
 import pytest
 
 from button_ray.bottom_up import functions
+from button_ray.bottom_up.common import without_length_bounds
 from button_ray.config import MethodConfig
 from button_ray.llm.contract import LLMResponse
 from button_ray.records import Composition
@@ -129,7 +130,9 @@ async def test_stage_retries_a_duplicate_then_accepts(item) -> None:
     groups = await functions.generate_functions(item, COMPOSITION, llm, cfg)
     assert [f.name for g in groups for f in g] == ["search_trains", "search_flights"]
     assert len(llm.requests) == 2 and llm.requests[0].sampling.seed != llm.requests[1].sampling.seed
-    assert llm.requests[0].constraint.spec == functions.schema(3, cfg.max_functions_per_subtask)
+    # structure strength: specs may nest, no length bounds
+    expected = without_length_bounds(functions.schema(3, cfg.max_functions_per_subtask, rich=True))
+    assert llm.requests[0].constraint.spec == expected
     assert "1. Find the price of a train ticket" in llm.requests[0].messages[-1].content
 
 

@@ -1,4 +1,4 @@
-"""Plain-text grammars (``MethodConfig.plain_text``): every stage schema translates, the
+"""Plain-text grammars (``TightConstraints.plain_text``): every stage schema translates, the
 grammar compiles for xgrammar and accepts exactly the canonical JSON the parsers want."""
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ import pytest
 from button_ray.bottom_up import atomic, compose, functions, judge, scenarios
 from button_ray.bottom_up.common import output_constraint, text_schema
 from button_ray.bottom_up.json_grammar import schema_to_gbnf, word_bound
-from button_ray.config import MethodConfig
+from button_ray.config import MethodConfig, TightConstraints
+from button_ray.llm.contract import ROLES
 
 xgrammar = pytest.importorskip("xgrammar")
 from xgrammar.testing import _is_grammar_accept_string  # noqa: E402
 
 LOCAL = MethodConfig(
-    plain_text=True,
+    constraints=dict.fromkeys(ROLES, "tight"),
+    tight=TightConstraints(plain_text=True),
     function_name_pattern=r"^[a-z]{2,12}(_[a-z]{2,16}){1,3}$",
     parameter_name_pattern=r"^[a-z]{2,16}(_[a-z]{2,16}){0,2}$",
 )
@@ -110,11 +112,16 @@ def test_functions_follow_patterns_counts_and_group_names() -> None:
     assert not accepts(grouped, {"functions": [[fn("book_table")], [fn("find_weather_forecast")]]})
 
 
-def test_output_constraint_follows_the_config() -> None:
+def test_output_constraint_follows_the_strength() -> None:
     spec = atomic.schema(30)
-    assert output_constraint(spec, MethodConfig()).kind == "json_schema"
-    assert output_constraint(spec, MethodConfig(use_constraints=False)) is None
-    plain = output_constraint(spec, LOCAL)
+    structure = output_constraint(spec, MethodConfig(), "atomic_task")
+    # structure: the same schema without its length bounds
+    assert structure.kind == "json_schema" and "maxLength" not in json.dumps(structure.spec)
+    assert structure.spec["properties"]["task"] == {"type": "string", "minLength": 1}
+    tight = output_constraint(spec, MethodConfig(constraints={"atomic_task": "tight"}), "atomic_task")
+    assert tight.kind == "json_schema" and tight.spec == spec
+    assert output_constraint(spec, MethodConfig(constraints={"atomic_task": "off"}), "atomic_task") is None
+    plain = output_constraint(spec, LOCAL, "atomic_task")
     assert plain.kind == "grammar" and plain.spec == schema_to_gbnf(spec)
 
 

@@ -71,3 +71,14 @@ async def test_unparseable_verdict_is_retried(item, cfg, output, reason) -> None
     assert item.rejection.reason == reason
     assert len(llm.requests) == cfg.retries + 1
     assert len({r.sampling.seed for r in llm.requests}) == cfg.retries + 1
+
+
+def test_the_judge_checks_the_strategy() -> None:
+    sequential = judge.prompt(Composition(strategy="sequential", subtasks=("a", "b"), composite_task="c"))
+    assert "sub-task 2 needs the result of sub-task 1" in sequential
+    parallel = judge.prompt(
+        Composition(strategy="parallel_then_sequential", subtasks=("a", "b", "d"), composite_task="c")
+    )
+    assert "sub-task 2 does not need the result of sub-task 1" in parallel
+    assert "sub-task 3 needs the results of both" in parallel
+    assert "the sub-tasks follow the strategy above" in parallel

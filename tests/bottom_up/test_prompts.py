@@ -24,11 +24,11 @@ LONG_TASK = "x" * compose.SUBTASK_MAX_CHARS
 LONG_COMPOSITE = "y" * compose.COMPOSITE_MAX_CHARS
 
 RENDERS = {
-    "atomic_task.j2": dict(scenario="w " * 10, max_words=30),
+    "atomic_task.j2": dict(scenario="w " * 10, max_words=30, asker="a student"),
     "composition_sequential.j2": dict(task=LONG_TASK),
     "composition_parallel_then_sequential.j2": dict(task=LONG_TASK),
-    "composition_filter.j2": dict(composite_task=LONG_COMPOSITE, subtasks=[LONG_TASK] * 3),
-    "functions.j2": dict(composite_task=LONG_COMPOSITE, subtasks=[LONG_TASK] * 3, max_functions=3),
+    "composition_filter.j2": dict(composite_task=LONG_COMPOSITE, subtasks=[LONG_TASK] * 3, strategy="sequential"),
+    "functions.j2": dict(composite_task=LONG_COMPOSITE, subtasks=[LONG_TASK] * 3, max_functions=3, rich=True),
     "scenario_extraction.j2": dict(conversation="z" * ScenarioConfig().conversation_max_chars, max_words=10),
     "scenario_expansion.j2": dict(scenario="w " * 10, max_words=10),
 }

@@ -106,7 +106,7 @@ def test_plain_text_and_junk() -> None:
 
 
 async def test_extract_scenario_request_and_result() -> None:
-    cfg = MethodConfig()
+    cfg = MethodConfig(constraints={"scenario_extraction": "tight"})
     llm = ScriptedLLM(scripted({"scenario_extraction": ['{"scenario": "Converting currencies."}']}))
     transcript = scenarios.conversation_to_text(GLAIVE)
     scenario = await scenarios.extract_scenario(transcript, 7, llm, cfg)

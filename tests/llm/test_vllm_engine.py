@@ -211,3 +211,30 @@ async def test_dead_engine_raises_replica_fatal(engine):
             request = _request("Say hi.", f"dead-{i}", sampling=Sampling(max_tokens=4, seed=10))
             await asyncio.wait_for(engine.generate(request), timeout=60)
             await asyncio.sleep(0.2)
+
+
+async def test_structure_strength_constraints_compile_in_the_engine(engine):
+    """The cluster configs' constraints (no length bounds, nested specs) go through vLLM's
+    own structured-output path: every one is taken and its output parses when it ends."""
+    from button_ray.bottom_up import functions
+    from button_ray.bottom_up.common import output_constraint
+    from button_ray.config import MethodConfig
+    from button_ray.top_down.grammar import assistant_grammar, tool_result_grammar
+    from tests.top_down.test_strengths import TRACK
+
+    method = MethodConfig()
+    constraints = {
+        "functions": output_constraint(functions.schema(2, 2, rich=True), method, "functions"),
+        "assistant": OutputConstraint(kind="grammar", spec=assistant_grammar(
+            [TRACK], parallel=True, max_calls_per_turn=3, allow_question=True)),
+        "tool": OutputConstraint(kind="grammar", spec=tool_result_grammar(TRACK)),
+    }  # fmt: skip
+    outs = await asyncio.gather(*(
+        engine.generate(_request("Track parcel 1Z999AA10123456784 for me.", f"structure-{name}", constraint=c,
+                                 sampling=Sampling(temperature=0.0, max_tokens=200, seed=3)))
+        for name, c in constraints.items()
+    ))  # fmt: skip
+    for name, out in zip(constraints, outs):
+        assert out.completion_tokens > 0, name
+        if out.finish_reason == "stop" and name != "assistant":
+            json.loads(out.text)

@@ -9,11 +9,14 @@ What it reads from a request:
   message (``prompts/user_agent.j2``);
 - assistant agent: the function list between ``<tool>`` and ``</tool>`` in the system
   message (the BUTTON system prompt), parallel mode from the presence of the BUTTON
-  "parallel on" sentence there, and progress from the number of assistant messages
-  already in the chat. It calls each function once, in list order (a function list of
-  one is called twice with different arguments, to reach two calls), one call per turn
-  with parallel off and two per turn with it on, filling required arguments with
-  values of the declared type; then it gives ``<final>``;
+  "parallel on" sentence there, the sub-tasks' functions and which sub-tasks are
+  independent from the agent's own instructions (``prompts/assistant_agent.j2``), and
+  progress from the number of assistant messages already in the chat. It calls each
+  function once, in sub-task order (a function list of one is called twice with
+  different arguments, to reach two calls), one call per turn, except with parallel on
+  the independent sub-tasks' functions all in the first turn (the two calls of a lone
+  function too), filling required arguments with values of the declared type; then it
+  gives ``<final>``;
 - tool agent: the function definition between ``<tool>`` and ``</tool>`` and the call
   between ``<call>`` and ``</call>`` (``prompts/tool_agent.j2``); it answers every
   declared response key with a value of its type.
@@ -54,17 +57,30 @@ def _value(spec: Any, label: str, variant: int) -> Any:
     }[kind]
 
 
-def _schedule(functions: list[dict[str, Any]], parallel: bool) -> list[list[tuple[dict[str, Any], int]]]:
+_SUBTASK_LINE = re.compile(r"^(\d+)\. .*\(functions: ([^)]*)\)$", re.M)
+_INDEPENDENT = re.compile(r"Sub-tasks ([\d and]+) do not depend on each other")
+
+
+def _schedule(system: str) -> list[list[tuple[dict[str, Any], int]]]:
     """Calls per turn: (function, variant) pairs; variants keep repeated functions distinct."""
-    calls = [(f, 0) for f in functions] if len(functions) > 1 else [(functions[0], 0), (functions[0], 1)]
-    size = 2 if parallel else 1
-    return [calls[i : i + size] for i in range(0, len(calls), size)]
+    functions = json.loads(_between(system, "<tool>", "</tool>"))
+    parallel = PARALLEL_ON in system
+    if len(functions) == 1:
+        calls = [(functions[0], 0), (functions[0], 1)]
+        return [calls] if parallel else [[c] for c in calls]
+    by_name = {f["name"]: f for f in functions}
+    plan = [(int(n), [x.strip() for x in names.split(",")]) for n, names in _SUBTASK_LINE.findall(system)]
+    order = [by_name[x] for _, names in plan for x in names] or functions
+    hint = _INDEPENDENT.search(system)
+    together = {int(n) for n in hint.group(1).split(" and ")} if parallel and hint else set()
+    first = [(by_name[x], 0) for n, names in plan if n in together for x in names]
+    rest = [[(f, 0)] for f in order if (f, 0) not in first]
+    return ([first] if first else []) + rest
 
 
 def _assistant(request: LLMRequest) -> str:
     system = request.messages[0].content
-    functions = json.loads(_between(system, "<tool>", "</tool>"))
-    schedule = _schedule(functions, PARALLEL_ON in system)
+    schedule = _schedule(system)
     turn = sum(1 for m in request.messages if m.role == "assistant")
     if turn >= len(schedule):
         return "All the results are in. <final>The task is done: every step returned its result.</final>"

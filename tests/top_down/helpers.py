@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from button_ray.config import MethodConfig
-from button_ray.llm.contract import LLMRequest
+from button_ray.config import MethodConfig, TightConstraints
+from button_ray.llm.contract import ROLES, LLMRequest
 from button_ray.records import Composition, FunctionDef, Scenario, TaskBundle, WorkItem, derive_seed
 
 WEATHER = FunctionDef(
@@ -53,9 +53,26 @@ def make_item(n: int = 0, bundle: TaskBundle = BUNDLE) -> WorkItem:
     return WorkItem(item_id=item_id, scenario=scenario, slot=0, seed=derive_seed(item_id), bundle=bundle)
 
 
+TIGHT = dict.fromkeys(ROLES, "tight")
+OFF = dict.fromkeys(ROLES, "off")
+
+
 def cfg(**overrides: Any) -> MethodConfig:
-    """A method config; parallel on unless ``parallel_ratio`` says otherwise."""
-    return MethodConfig(**{"parallel_ratio": 1.0, **overrides})
+    """A method config at the ``tight`` strength (the embedded model's) unless
+    ``constraints`` says otherwise; parallel on unless ``parallel_ratio`` says otherwise."""
+    return MethodConfig(**{"parallel_ratio": 1.0, "constraints": TIGHT, **overrides})
+
+
+def tight(
+    thought_max_chars: int = 120, final_max_chars: int = 120, value_max_chars: int = 30, plain_prose: bool = False
+) -> TightConstraints:
+    """Tight bounds in the tests' usual sizes (a final answer shares the message bound)."""
+    return TightConstraints(
+        thought_max_chars=thought_max_chars,
+        message_max_chars=final_max_chars,
+        value_max_chars=value_max_chars,
+        plain_prose=plain_prose,
+    )
 
 
 def call(name: str, **arguments: Any) -> dict[str, Any]:

@@ -14,14 +14,16 @@ from button_ray.records import FunctionDef, ToolCall
 from button_ray.top_down.agents import TrajectoryContext, parse_assistant_turn, tool_request
 from button_ray.top_down.grammar import assistant_grammar, tool_result_grammar, user_message_grammar
 from tests.oracles.top_down import respond
-from tests.top_down.helpers import BUNDLE, WEATHER, call, call_text, cfg
+from tests.top_down.helpers import BUNDLE, WEATHER, call, call_text, cfg, tight
 
 FUNCTIONS = BUNDLE.flat_functions
 
 
-def grammar(parallel: bool, **kw: int) -> xgrammar.Grammar:
-    args = dict(thought_max_chars=120, final_max_chars=120, value_max_chars=30, max_calls_per_turn=3) | kw
-    return xgrammar.Grammar.from_ebnf(assistant_grammar(FUNCTIONS, parallel=parallel, **args))
+def grammar(parallel: bool, max_calls_per_turn: int = 3, **bounds: int) -> xgrammar.Grammar:
+    spec = assistant_grammar(
+        FUNCTIONS, parallel=parallel, max_calls_per_turn=max_calls_per_turn, strength="tight", tight=tight(**bounds)
+    )
+    return xgrammar.Grammar.from_ebnf(spec)
 
 
 def accepts(g: xgrammar.Grammar, text: str) -> bool:
@@ -70,8 +72,7 @@ def test_grammar_of_functions_without_required_arguments() -> None:
                      parameters={"q": {"type": "str"}, "tags": {"type": "list", "items": {"type": "string"}},
                                  "mode": {"type": "string", "enum": ["a", "b"]}, "extra": {"type": "dict"}})  # fmt: skip
     g = xgrammar.Grammar.from_ebnf(
-        assistant_grammar([fn], parallel=False, thought_max_chars=60, final_max_chars=60,
-                          value_max_chars=30, max_calls_per_turn=2)  # fmt: skip
+        assistant_grammar([fn], parallel=False, max_calls_per_turn=2, strength="tight", tight=tight(60, 60, 30))
     )
     for arguments in ["{}", '{"q": "x"}', '{"tags": ["a", "b"], "mode": "b"}', '{"extra": {"k": 1}}']:
         assert accepts(g, f'x <call>[{{"name": "search", "arguments": {arguments}}}]</call>'), arguments
@@ -89,14 +90,14 @@ def test_grammar_output_parses_to_the_same_turn() -> None:
 
 
 def test_user_message_grammar() -> None:
-    g = xgrammar.Grammar.from_ebnf(user_message_grammar(120))
+    g = xgrammar.Grammar.from_ebnf(user_message_grammar("tight", tight(final_max_chars=120)))
     assert accepts(g, "Hi! I need the weather in Paris,\nplease.")
     assert not accepts(g, "Hi <call>")
     assert not accepts(g, " leading space")
 
 
 def test_tool_result_grammar() -> None:
-    g = xgrammar.Grammar.from_ebnf(tool_result_grammar(WEATHER, 30))
+    g = xgrammar.Grammar.from_ebnf(tool_result_grammar(WEATHER, "tight", tight()))
     assert accepts(g, '{"temperature": 21.5, "summary": "sunny and warm"}')
     assert not accepts(g, '{"temperature": 21.5}')  # every declared key is required
     assert not accepts(g, '{"temperature": "warm", "summary": "sunny"}')
@@ -104,11 +105,11 @@ def test_tool_result_grammar() -> None:
     nested = FunctionDef(name="f", description="d", parameters={}, responses={
         "items": {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "int"}}}},
         "status": {"type": "string", "enum": ["ok", "failed"]}, "meta": {"type": "object"}})  # fmt: skip
-    g = xgrammar.Grammar.from_ebnf(tool_result_grammar(nested, 30))
+    g = xgrammar.Grammar.from_ebnf(tool_result_grammar(nested, "tight", tight()))
     assert accepts(g, '{"items": [{"id": 1}, {"id": 2}], "status": "ok", "meta": {"source": "db"}}')
     assert not accepts(g, '{"items": [], "status": "done", "meta": {}}')
     free = FunctionDef(name="f", description="d", parameters={}, responses={})
-    assert accepts(xgrammar.Grammar.from_ebnf(tool_result_grammar(free, 30)), '{"ok": "yes"}')
+    assert accepts(xgrammar.Grammar.from_ebnf(tool_result_grammar(free, "tight", tight())), '{"ok": "yes"}')
 
 
 def test_tool_result_grammar_accepts_the_oracle() -> None:

@@ -11,7 +11,7 @@ from button_ray.llm.contract import LLMRequest, LLMResponse
 from button_ray.top_down import choose_parallel, simulate
 from tests.fakes import ScriptedLLM
 from tests.oracles.top_down import respond
-from tests.top_down.helpers import FINAL, call, call_text, cfg, make_item, script
+from tests.top_down.helpers import FINAL, OFF, call, call_text, cfg, make_item, script
 
 WEATHER_PARIS = call("get_weather", city="Paris")
 TIME_PARIS = call("get_local_time", city="Paris")
@@ -175,7 +175,10 @@ async def test_token_budget() -> None:
         text = script(three_turns)(request)
         return LLMResponse(text=text, finish_reason="stop", prompt_tokens=300, completion_tokens=20)
 
-    item = await simulate(make_item(), ScriptedLLM(handler), cfg(max_trajectory_tokens=1000))
+    # 3 functions: 1000 + 3 x 100 tokens
+    item = await simulate(
+        make_item(), ScriptedLLM(handler), cfg(max_trajectory_tokens=1000, trajectory_tokens_per_function=100)
+    )
     assert (item.rejection.stage, item.rejection.reason) == ("simulation", "token_budget")
 
 
@@ -205,8 +208,13 @@ async def test_constraints_by_role_and_switch() -> None:
     await simulate(make_item(), llm, cfg())
     kinds = {r.role: r.constraint.kind for r in llm.requests}
     assert kinds == {"user_agent": "grammar", "assistant_agent": "grammar", "tool_agent": "grammar"}
+    # structure: no constraint on the user's prose, grammars for the rest
+    strong = ScriptedLLM(script(three_turns))
+    await simulate(make_item(), strong, cfg(constraints={}))
+    kinds = {r.role: r.constraint.kind if r.constraint else None for r in strong.requests}
+    assert kinds == {"user_agent": None, "assistant_agent": "grammar", "tool_agent": "grammar"}
     bare = ScriptedLLM(script(three_turns))
-    item = await simulate(make_item(), bare, cfg(use_constraints=False))
+    item = await simulate(make_item(), bare, cfg(constraints=OFF))
     assert item.outcome == "emitted"
     assert all(r.constraint is None for r in bare.requests)
 

@@ -15,7 +15,7 @@ from button_ray.top_down import simulate
 from button_ray.top_down.agents import TrajectoryContext, parse_assistant_turn, user_kickoff, user_request
 from button_ray.top_down.grammar import assistant_grammar, user_message_grammar
 from tests.fakes import ScriptedLLM
-from tests.top_down.helpers import BUNDLE, FINAL, WEATHER, call, call_text, cfg, make_item, script
+from tests.top_down.helpers import BUNDLE, FINAL, WEATHER, call, call_text, cfg, make_item, script, tight
 
 FUNCTIONS = BUNDLE.flat_functions
 W = call("get_weather", city="Paris")
@@ -27,8 +27,8 @@ def accepts(spec: str, text: str) -> bool:
     return _is_grammar_accept_string(xgrammar.Grammar.from_ebnf(spec), text)
 
 
-def grammar(**kw) -> str:
-    args = dict(parallel=True, thought_max_chars=120, final_max_chars=120, value_max_chars=30, max_calls_per_turn=3)
+def grammar(plain_prose: bool = False, **kw) -> str:
+    args = dict(parallel=True, max_calls_per_turn=3, strength="tight", tight=tight(plain_prose=plain_prose))
     return assistant_grammar(FUNCTIONS, **(args | kw))
 
 
@@ -89,7 +89,7 @@ def test_parser_enforces_the_steer_without_constraints() -> None:
         with pytest.raises(ParseError) as exc:
             parse_assistant_turn(ctx, text, steer)
         assert exc.value.reason == reason and not exc.value.malformed
-    assert parse_assistant_turn(ctx, calls(T, A), steer).calls[1].name == "suggest_activity"
+    assert parse_assistant_turn(ctx, calls(T), steer).calls[0].name == "get_local_time"
 
 
 async def test_steering_ends_every_trajectory_without_repeats() -> None:
@@ -128,7 +128,7 @@ def test_plain_prose_forbids_code_and_json_in_prose() -> None:
     assert not accepts(plain, 'Done. <final>{"temperature": 21}</final>')
     assert accepts(plain, "Done. <final>It is 21 degrees (sunny) in Paris: go for a walk!</final>")
     assert accepts(grammar(), 'Done. <final>{"temperature": 21}</final>')  # off by default
-    user = user_message_grammar(120, plain_prose=True)
+    user = user_message_grammar("tight", tight(plain_prose=True))
     assert accepts(user, "What's the weather in Paris?") and not accepts(user, "Use [this] please")
 
 
