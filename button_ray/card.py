@@ -33,7 +33,7 @@ DISTRIBUTIONS = {
     "functions": ("Functions", "defined per trajectory"),
     "tokens": ("LLM tokens spent", "per trajectory, prompt + completion over every stage"),
 }
-#: The shape BUTTONInstruct reports (8,000 GPT-4o trajectories; see docs/formats.md).
+#: The shape reported for BUTTONInstruct, the method's released data (docs/formats.md).
 REPORTED = {
     "at_least_3_turns": "most",
     "at_least_2_calls": "most",
@@ -63,14 +63,18 @@ class RunStats:
     data_files: list[str] = field(default_factory=list)
 
 
+def _mapping(value: Any) -> dict[str, str]:
+    # A JSON string; an Arrow map (a list of pairs) in runs written before that.
+    return json.loads(value) if isinstance(value, str) else dict(value or [])
+
+
 def _lineage(store: OutputStore) -> dict[str, Any]:
     """Fingerprint, models, engine and template hashes from the first committed row."""
     for table in ("data", "rejected"):
         for batch in iter_committed(store, table, _LINEAGE, batch_size=1):
             if batch.num_rows:
                 row = batch.to_pylist()[0]
-                return {**row, "models": dict(row["models"] or []),
-                        "template_hashes": dict(row["template_hashes"] or [])}
+                return {**row, "models": _mapping(row["models"]), "template_hashes": _mapping(row["template_hashes"])}
     return {}
 
 
@@ -277,7 +281,7 @@ def render_inspect(run: RunStats, out: TextIO | None = None) -> None:
     from rich.text import Text
 
     console = Console(file=out, width=120)
-    console.print(Text(f"{run.uri}: {_status(run)}", style="bold"))
+    console.print(Text(f"{run.uri}: {_status(run)}", style="bold"), soft_wrap=True)
     console.print(summ.funnel_table(run.funnel))
     dist = Table(title="Shape")
     for col in ("distribution", "counted", "n", "mean", "median", "min", "max"):

@@ -196,11 +196,13 @@ OPENAI_MESSAGE_TYPE = pa.struct([
     ("tool_call_id", pa.string()),
 ])
 
+# The two mappings are JSON strings, not Arrow maps: Hugging Face `datasets` cannot read
+# a map column, and the run must load with it as it is (docs/formats.md).
 LINEAGE_FIELDS = [
     pa.field("config_fingerprint", pa.string()),
-    pa.field("models", pa.map_(pa.string(), pa.string()), metadata={"doc": "role -> model name"}),
+    pa.field("models", pa.string(), metadata={"doc": "JSON: role -> model name"}),
     pa.field("engine_version", pa.string()),
-    pa.field("template_hashes", pa.map_(pa.string(), pa.string())),
+    pa.field("template_hashes", pa.string(), metadata={"doc": "JSON: prompt template -> sha256"}),
     pa.field("seed", pa.int64()),
     pa.field("shard", pa.string()),
 ]
@@ -277,8 +279,8 @@ def item_row(item: WorkItem, lineage: dict[str, Any]) -> dict[str, Any]:
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         **lineage,
-        "models": list(lineage["models"].items()),
-        "template_hashes": list(lineage["template_hashes"].items()),
+        "models": json.dumps(lineage["models"], ensure_ascii=False),
+        "template_hashes": json.dumps(lineage["template_hashes"], ensure_ascii=False),
         "seed": item.seed,
     }
     if item.outcome == "emitted":

@@ -8,7 +8,12 @@ the export and card tests and by ``benchmarks/bench_export.py`` (10k-100k rows).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from button_ray import summary as summ
 from button_ray.button_format import to_button_messages
@@ -153,3 +158,19 @@ def write_run(uri: str, rows: int, shard_rows: int = 64, storage_options: dict[s
     if finished:
         store.write_json("_SUCCESS", {"fingerprint": FINGERPRINT, "shards": len(markers)})
     return store
+
+
+def write_old_run(uri: str, rows: int) -> Path:
+    """A finished local run in the schema written before the training columns: no
+    ``openai_messages`` or ``tools``, and the lineage mappings as Arrow maps."""
+    store = write_run(uri, rows, shard_rows=8)
+    mapping = pa.map_(pa.string(), pa.string())
+    for path in Path(store.root).glob("*/shard-*.parquet"):
+        table = pq.read_table(path)
+        table = table.drop_columns([c for c in ("openai_messages", "tools") if c in table.column_names])
+        for name in ("models", "template_hashes"):
+            pairs = [list(json.loads(v).items()) for v in table.column(name).to_pylist()]
+            table = table.set_column(table.schema.get_field_index(name), pa.field(name, mapping),
+                                     pa.array(pairs, type=mapping))
+        pq.write_table(table, path)
+    return Path(store.root)

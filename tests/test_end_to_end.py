@@ -61,7 +61,7 @@ def test_parquet_readable_and_every_record_valid(local_run):
     for row in accepted.to_pylist():
         assert validate_button_record({"messages": row["messages"]}) == []
         assert row["engine_version"].startswith("vllm-")
-        assert "SmolLM2" in dict(row["models"])["assistant_agent"]
+        assert "SmolLM2" in json.loads(row["models"])["assistant_agent"]
     for row in rejected.to_pylist():
         assert row["stage"] and row["reason"] or row["outcome"] == "failed"
 

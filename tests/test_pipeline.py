@@ -48,7 +48,7 @@ def test_generate_writes_committed_shards_and_exact_format(ray_local, tmp_path):
         record = {"messages": row["messages"]}
         assert validate_button_record(record) == []
         assert row["config_fingerprint"] == result["fingerprint"]
-        assert dict(row["models"])["assistant_agent"] == "oracle-engine"
+        assert json.loads(row["models"])["assistant_agent"] == "oracle-engine"
     assert (out / "_SUCCESS").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["funnel"][0]["in"] == 12

@@ -156,3 +156,31 @@ def assert_formats_agree(run: Path, into: Path) -> int:
         assert rendered_calls == [(n, a) for turn in expected for n, a, _ in turn]
         assert rendered_results == [r for turn in expected for _, _, r in turn]
     return len(rows)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def python_blocks(doc: str, section: str | None = None) -> str:
+    """The ```python blocks of a repository document (of one ``## section`` only), joined."""
+    text = (REPO / doc).read_text()
+    if section is not None:
+        text = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```python\n(.*?)^```$", text, re.S | re.M)
+    assert blocks, f"no python block in {doc} {section or ''}"
+    return "\n".join(blocks)
+
+
+def run_reader_snippet(code: str, run: Path, workdir: Path) -> str:
+    """Run a document's snippet as a user would: a fresh interpreter in a folder where
+    ``./button_output`` is ``run``, Hugging Face offline with its cache there; its stdout."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    link = workdir / "button_output"
+    if not link.exists():
+        link.symlink_to(run.resolve(), target_is_directory=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "HF_HOME": str(workdir / "hf"),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
