@@ -296,3 +296,17 @@ def test_progress_probe_reports_what_the_engines_produce_now(ray_local):
     assert line.startswith("engines: 6 requests served, 4 in flight, ")
     rate = float(line.rsplit(", ", 1)[1].split()[0])
     assert 50 <= rate <= 60.5  # 240 tokens over ~4 s
+
+
+def test_finished_run_carries_the_training_forms_and_a_dataset_card(ray_local, tmp_path):
+    """On scripted-engine output: the Parquet's OpenAI columns and the three exports agree
+    call for call, and the run ends with its dataset card."""
+    from tests.training_checks import assert_formats_agree
+
+    out = tmp_path / "run"
+    result = run_generate(_cfg(out, n=4))
+    assert result["emitted"] >= 1
+    assert assert_formats_agree(out, tmp_path) == result["emitted"]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and f"{result['emitted']} trajectories generated" in card
+    assert "| assistant_agent | `oracle-engine` |" in card and len(list((out / "card").glob("*.png"))) == 5
