@@ -174,3 +174,12 @@ def write_old_run(uri: str, rows: int) -> Path:
                                      pa.array(pairs, type=mapping))
         pq.write_table(table, path)
     return Path(store.root)
+
+
+def add_invalid_shard(store: OutputStore, record_id: str = "broken-1") -> None:
+    """Commit one more shard, last in manifest order, whose row is not a BUTTON record."""
+    marker = store.commit_shard(
+        ShardPlan(key="zzzz", scenario_ids=("broken",), items=1),
+        to_table([{"record_id": record_id, "messages": [{"role": "user", "content": "hi"}]}], ACCEPTED_SCHEMA),
+        REJECTED_SCHEMA.empty_table(), {"items": 1})
+    store.write_manifest(FINGERPRINT, [*store.committed().values(), marker])

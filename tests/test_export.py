@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from button_ray.button_format import validate_jsonl
 from button_ray.cli import main
 from button_ray.export import export
-from button_ray.records import ACCEPTED_SCHEMA, REJECTED_SCHEMA
-from button_ray.sink import OutputError, OutputStore, ShardPlan, iter_committed
+from button_ray.sink import OutputError, OutputStore, iter_committed
 from tests import synthetic
 from tests.training_checks import (
     assert_formats_agree,
@@ -139,13 +137,7 @@ def test_malformed_inputs_give_one_sentence_and_no_output(run, tmp_path, capsys,
     else:
         # A committed shard after the good ones holds a row that is not a BUTTON record.
         bad = tmp_path / "bad_run"
-        store = synthetic.write_run(str(bad), 50, shard_rows=25)
-        marker = store.commit_shard(
-            ShardPlan(key="zzzz", scenario_ids=("x",), items=1),
-            pa.Table.from_pylist([{"record_id": "broken-1", "messages": [{"role": "user", "content": "hi"}]}],
-                                 schema=ACCEPTED_SCHEMA),
-            REJECTED_SCHEMA.empty_table(), {"items": 1})
-        store.write_manifest(synthetic.FINGERPRINT, [*store.committed().values(), marker])
+        synthetic.add_invalid_shard(synthetic.write_run(str(bad), 50, shard_rows=25))
         args[0] = str(bad)
         args += ["--format", "openai"]  # the button format copies records as they are; --validate checks them
         if case == "invalid in a part":

@@ -11,7 +11,7 @@ from button_ray.button_format import PARALLEL_OFF, PARALLEL_ON, parse_button_mes
 from button_ray.formats import json_schema, parameters_schema, sharegpt_dataset_info, to_openai, to_sharegpt
 from button_ray.records import ACCEPTED_SCHEMA, Turn, item_row, to_table
 from tests import synthetic
-from tests.top_down.test_button_format import FUNCTIONS, TURNS, A, T, W, record
+from tests.top_down.test_button_format import FUNCTIONS, TURNS, T, W, record
 from tests.training_checks import (
     assert_llama_factory_positions,
     calls_from_button,

@@ -7,13 +7,11 @@ import os
 import subprocess
 import sys
 
-import pyarrow as pa
 import pytest
 
 from button_ray.card import DISTRIBUTIONS, write_card
 from button_ray.export import export
-from button_ray.records import ACCEPTED_SCHEMA, REJECTED_SCHEMA
-from button_ray.sink import OutputError, ShardPlan
+from button_ray.sink import OutputError
 from tests import synthetic
 from tests.training_checks import calls_from_button, calls_from_openai, calls_from_sharegpt, read_jsonl
 
@@ -50,13 +48,7 @@ def test_export_from_s3_to_s3_and_to_local(s3_server, tmp_path):
 def test_failed_export_to_s3_leaves_no_object(s3_server):
     opts = s3_server.storage_options
     run = s3_server.uri("export-bad")
-    store = synthetic.write_run(run, 30, shard_rows=15, storage_options=opts)
-    marker = store.commit_shard(
-        ShardPlan(key="zzzz", scenario_ids=("x",), items=1),
-        pa.Table.from_pylist([{"record_id": "broken-1", "messages": [{"role": "user", "content": "hi"}]}],
-                             schema=ACCEPTED_SCHEMA),
-        REJECTED_SCHEMA.empty_table(), {"items": 1})
-    store.write_manifest(synthetic.FINGERPRINT, [*store.committed().values(), marker])
+    synthetic.add_invalid_shard(synthetic.write_run(run, 30, shard_rows=15, storage_options=opts))
     out = s3_server.uri("export-bad-out")
     with pytest.raises(OutputError, match="record broken-1"):
         export(run, f"{out}/o.jsonl", "openai", storage_options=opts)
