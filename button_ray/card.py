@@ -149,9 +149,10 @@ def dialogue(messages: list[dict[str, str]]) -> list[tuple[str, str]]:
 
 
 def _status(run: RunStats) -> str:
+    shards = f"{run.shards} shard{'' if run.shards == 1 else 's'}"
     if run.finished:
-        return f"finished: {run.rows} trajectories in {run.shards} committed shards"
-    return (f"not finished (no _SUCCESS): {run.rows} trajectories in the {run.shards} shards committed so far")
+        return f"finished: {run.rows} trajectories in {shards}"
+    return f"not finished (no _SUCCESS): {run.rows} trajectories in the {shards} committed so far"
 
 
 # -- the dataset card -------------------------------------------------------------------
@@ -219,7 +220,7 @@ def card_markdown(run: RunStats, data_glob: bool = True) -> str:
         f"- config fingerprint: `{lin.get('config_fingerprint', 'unknown')}`",
         f"- engine: `{lin.get('engine_version', 'unknown')}`", "",
         _table(["role", "model"], [[r, f"`{m}`"] for r, m in sorted(lin.get("models", {}).items())]), "",
-        _table(["prompt template", "sha256"], [[t, f"`{h}`"] for t, h in sorted(lin.get("template_hashes", {}).items())]),
+        _table(["prompt template", "sha256 (first 16 hex digits)"], [[t, f"`{h}`"] for t, h in sorted(lin.get("template_hashes", {}).items())]),
         "",
         "## Funnel", "",
         f"{run.stats['items']} items (scenario x slot): {run.stats['emitted']} emitted, "
