@@ -220,8 +220,8 @@ def card_markdown(run: RunStats, data_glob: bool = True) -> str:
         f"- config fingerprint: `{lin.get('config_fingerprint', 'unknown')}`",
         f"- engine: `{lin.get('engine_version', 'unknown')}`", "",
         _table(["role", "model"], [[r, f"`{m}`"] for r, m in sorted(lin.get("models", {}).items())]), "",
-        _table(["prompt template", "sha256 (first 16 hex digits)"], [[t, f"`{h}`"] for t, h in sorted(lin.get("template_hashes", {}).items())]),
-        "",
+        _table(["prompt template", "sha256 (first 16 hex digits)"],
+               [[t, f"`{h}`"] for t, h in sorted(lin.get("template_hashes", {}).items())]), "",
         "## Funnel", "",
         f"{run.stats['items']} items (scenario x slot): {run.stats['emitted']} emitted, "
         f"{sum(r['rejected'] for r in run.funnel)} rejected, {run.stats['failed']} failed "

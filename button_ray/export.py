@@ -154,7 +154,8 @@ def export(run_uri: str, out: str, fmt: str = "button", storage_options: dict[st
                 try:
                     lines.append(json.dumps(convert(messages), ensure_ascii=False) + "\n")
                 except ValueError as exc:
-                    raise OutputError(f"record {record_id} of {run_uri!r} is not a valid BUTTON record ({exc})") from exc
+                    raise OutputError(
+                        f"record {record_id} of {run_uri!r} is not a valid BUTTON record ({exc})") from exc
             for line in lines:
                 part = rows // max_rows_per_file if max_rows_per_file else 0
                 if part >= len(names):

@@ -69,7 +69,8 @@ BOOK = FunctionDef(
 HOTEL = FunctionDef(
     name="find_hotel",
     description="Find a hotel in a city.",
-    parameters={"city": {"type": "string", "description": "City."}, "nights": {"type": "int", "description": "Nights."}},
+    parameters={"city": {"type": "string", "description": "City."},
+                "nights": {"type": "int", "description": "Nights."}},
     required=("city",),
     responses={"hotel": {"type": "string", "description": "Hotel name."}},
 )
@@ -118,7 +119,8 @@ def emitted_item(i: int) -> WorkItem:
             composite_task=f"Fly to {city}, find a hotel, book."), functions=((SEARCH,), (HOTEL,), (BOOK,))),
         stats=TrajectoryStats(assistant_turns=len(assistant), calls=sum(len(t.calls) for t in assistant),
                               calls_per_turn=tuple(len(t.calls) for t in assistant),
-                              clarifications=int(shape == 2), prompt_tokens=900 + i % 50, completion_tokens=200 + i % 30),
+                              clarifications=int(shape == 2), prompt_tokens=900 + i % 50,
+                              completion_tokens=200 + i % 30),
         messages=tuple(to_button_messages(functions, parallel, turns)),
     )
     item.usage["assistant_agent"] = StageUsage(calls=4, prompt_tokens=900 + i % 50, completion_tokens=200 + i % 30)

@@ -33,7 +33,8 @@ def test_card_describes_the_run(run, capsys):
     assert "README.md" in capsys.readouterr().out
     card = (run / "README.md").read_text()
     meta = _front_matter(card)
-    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": ["data/*.parquet"]}]}]
+    assert meta["configs"] == [{"config_name": "default",
+                                "data_files": [{"split": "train", "path": ["data/*.parquet"]}]}]
     assert meta["size_categories"] == ["n<1K"] and "text-generation" in meta["task_categories"]
     assert "license" not in meta and "# license:" in card  # left for the user
     # How it was made: lineage of the rows.

@@ -47,14 +47,16 @@ def test_parsing_refuses_an_invalid_record():
 def test_openai_form_of_a_record():
     out = to_openai(MESSAGES)
     roles = [m["role"] for m in out["messages"]]
-    assert roles == ["system", "user", "assistant", "user", "assistant", "tool", "tool", "assistant", "tool", "assistant"]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "tool", "tool", "assistant", "tool",
+                     "assistant"]
     system, _, clarify, _, parallel_turn, r1, r2, single, r3, final = out["messages"]
     assert system == {"role": "system", "content": PARALLEL_ON}
     assert clarify == {"role": "assistant", "content": "Which part of the day?"}
     assert parallel_turn["content"] == "Plan: weather and time, then an activity."
+    paris = '{"city": "Paris"}'
     assert parallel_turn["tool_calls"] == [
-        {"id": "call00000", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-        {"id": "call00001", "type": "function", "function": {"name": "get_local_time", "arguments": '{"city": "Paris"}'}},
+        {"id": "call00000", "type": "function", "function": {"name": "get_weather", "arguments": paris}},
+        {"id": "call00001", "type": "function", "function": {"name": "get_local_time", "arguments": paris}},
     ]
     assert r1 == {"role": "tool", "tool_call_id": "call00000", "content": '{"temperature": 21.0, "summary": "sunny"}'}
     assert r2 == {"role": "tool", "tool_call_id": "call00001", "content": '{"time": "14:00"}'}
@@ -70,7 +72,7 @@ def test_openai_form_of_a_record():
     off = to_openai(record(parallel=False, turns=SERIAL)["messages"])["messages"]
     assert off[0]["content"] == PARALLEL_OFF
     assert off[6] == {"role": "assistant", "content": "", "tool_calls": [  # a call turn without a thought
-        {"id": "call00001", "type": "function", "function": {"name": "get_local_time", "arguments": '{"city": "Paris"}'}}]}
+        {"id": "call00001", "type": "function", "function": {"name": "get_local_time", "arguments": paris}}]}
 
 
 def test_sharegpt_form_of_a_record():
@@ -79,10 +81,12 @@ def test_sharegpt_form_of_a_record():
     conv = out["conversations"]
     assert [t["from"] for t in conv] == ["human", "gpt", "human", "function_call", "observation", "function_call",
                                          "observation", "gpt"]
-    assert conv[3]["value"] == ('<think>Plan: weather and time, then an activity.</think>[{"name": "get_weather", '
-                                '"arguments": {"city": "Paris"}}, {"name": "get_local_time", "arguments": {"city": "Paris"}}]')
+    assert conv[3]["value"] == ('<think>Plan: weather and time, then an activity.</think>'
+                                '[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+                                '{"name": "get_local_time", "arguments": {"city": "Paris"}}]')
     assert json.loads(conv[4]["value"]) == [{"temperature": 21.0, "summary": "sunny"}, {"time": "14:00"}]
-    assert conv[5]["value"].endswith('{"name": "suggest_activity", "arguments": {"temperature": 21.0, "time": "14:00"}}')
+    assert conv[5]["value"] == ('<think>Now the activity.</think>'
+                                '{"name": "suggest_activity", "arguments": {"temperature": 21.0, "time": "14:00"}}')
     assert json.loads(conv[6]["value"]) == {"activity": "a walk"}
     assert conv[7]["value"] == to_openai(MESSAGES)["messages"][-1]["content"]
     assert out["system"] == PARALLEL_ON
