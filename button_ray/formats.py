@@ -45,7 +45,7 @@ def json_schema(spec: Any) -> dict[str, Any]:
             types = sorted(canonical_types(spec))
             if types:
                 out["type"] = types[0] if len(types) == 1 else types
-        elif key == "items":
+        elif key == "items" and isinstance(value, dict):
             out["items"] = json_schema(value)
         elif key == "properties" and isinstance(value, dict):
             out["properties"] = {name: json_schema(sub) for name, sub in value.items()}
