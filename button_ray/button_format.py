@@ -23,6 +23,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+import fsspec
+
 from button_ray.prompts import template_text
 from button_ray.records import FunctionDef, ToolCall, Turn
 
@@ -112,6 +114,44 @@ def to_button_messages(
         else:
             messages.append({"role": "tool", "content": tool_content(last_calls, turn.results)})
     return messages
+
+
+def _split_thought(content: str, tag: str) -> tuple[str, str]:
+    """``(thought, rest)`` of an assistant message whose tagged part starts at ``tag``
+    (the inverse of :func:`_with_thought`)."""
+    thought, rest = content[: content.index(tag)], content[content.index(tag) :]
+    return (thought[:-1] if thought.endswith(" ") else thought), rest
+
+
+def parse_button_messages(messages: Sequence[dict[str, str]]) -> tuple[list[dict[str, Any]], bool, list[Turn]]:
+    """The functions (as in ``{tool_list}``), the parallel mode and the dialogue of a valid
+    BUTTON record: the inverse of :func:`to_button_messages`.
+
+    Raises ``ValueError`` naming what is wrong when ``messages`` is not a valid record.
+    """
+    errors = validate_button_record({"messages": [dict(m) for m in messages]})
+    if errors:
+        raise ValueError("; ".join(errors[:3]))
+    tool_list, parallel, _ = _split_system(messages[0]["content"])
+    assert tool_list is not None and parallel is not None  # the validator checked both
+    turns: list[Turn] = []
+    for m in messages[1:]:
+        role, content = m["role"], m["content"]
+        if role == "user":
+            turns.append(Turn(role="user", content=content))
+        elif role == "tool":
+            turns.append(Turn(role="tool", results=tuple(item["results"] for item in json.loads(content))))
+        elif content.endswith(CALL_CLOSE):
+            thought, tagged = _split_thought(content, CALL_OPEN)
+            calls = json.loads(tagged[len(CALL_OPEN) : -len(CALL_CLOSE)])
+            turns.append(Turn(role="assistant", thought=thought,
+                              calls=tuple(ToolCall(name=c["name"], arguments=c["arguments"]) for c in calls)))
+        elif content.endswith(FINAL_CLOSE):
+            thought, tagged = _split_thought(content, FINAL_OPEN)
+            turns.append(Turn(role="assistant", thought=thought, final=tagged[len(FINAL_OPEN) : -len(FINAL_CLOSE)]))
+        else:
+            turns.append(Turn(role="assistant", thought=content))
+    return json.loads(tool_list), parallel, turns
 
 
 # --------------------------------------------------------------------------- validation
@@ -271,14 +311,15 @@ def validate_button_record(record: Any) -> list[str]:
 
 
 def validate_jsonl(path: str | Path, max_errors: int = 10) -> dict[str, Any]:
-    """Validate a BUTTON JSON Lines file: ``{"valid", "invalid", "errors": [{"line", "errors"}]}``.
+    """Validate a BUTTON JSON Lines file (local or any fsspec URI):
+    ``{"valid", "invalid", "errors": [{"line", "errors"}]}``.
 
     ``errors`` holds the first ``max_errors`` invalid lines (1-based line numbers); blank
     lines count as invalid, since a BUTTON file has one record per line.
     """
     valid = invalid = 0
     first: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
+    with fsspec.open(str(path), "r", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             try:
                 problems = validate_button_record(json.loads(line))

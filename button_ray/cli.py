@@ -1,4 +1,4 @@
-"""The `button-ray` command: generate, scenarios, export, validate.
+"""The `button-ray` command: generate, scenarios, export, card, inspect, validate.
 
 Configuration problems are reported before Ray or any engine starts, naming the field.
 """
@@ -74,12 +74,40 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from button_ray.export import export_button_jsonl
+    from button_ray.export import export
 
-    n = export_button_jsonl(args.run, args.out)
-    print(f"wrote {n} trajectories to {args.out}")
+    if args.validate and args.format != "button":
+        print("button-ray: --validate checks the BUTTON format only; drop it or use --format button",
+              file=sys.stderr)
+        return 2
+    result = export(args.run, args.out, args.format, max_rows_per_file=args.max_rows_per_file)
+    where = result.files[0] if len(result.files) == 1 else f"{len(result.files)} files in {args.out}"
+    print(f"wrote {result.rows} trajectories ({args.format}) to {where}")
+    if not result.finished:
+        print(f"note: {args.run} is not finished (no _SUCCESS): exported what its {result.shards} committed "
+              "shards hold; export again when the run is done")
+    if result.dataset_info is not None:
+        print(f"LLaMA-Factory dataset_info.json entry (added to {result.dataset_info_file}):")
+        print(json.dumps(result.dataset_info, indent=2))
     if args.validate:
-        return cmd_validate(argparse.Namespace(path=args.out))
+        return max(cmd_validate(argparse.Namespace(path=path)) for path in result.files)
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from button_ray.card import CARD_FILE, PLOTS_DIR, write_card
+
+    run = write_card(args.run)
+    root = args.run.rstrip("/")
+    print(f"wrote {root}/{CARD_FILE} and {root}/{PLOTS_DIR}/*.png ({run.rows} trajectories, "
+          f"{'finished' if run.finished else 'not finished'})")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from button_ray.card import collect, render_inspect
+
+    render_inspect(collect(args.run, examples=args.n))
     return 0
 
 
@@ -115,11 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="where to write the pool (.txt, one per line)")
     s.set_defaults(fn=cmd_scenarios)
 
-    e = sub.add_parser("export", help="write BUTTON JSON Lines from a run's committed Parquet")
-    e.add_argument("run", help="the run's output URI")
-    e.add_argument("out", help="the .jsonl file to write")
+    e = sub.add_parser("export", help="write a run's committed trajectories as JSON Lines for trainers")
+    e.add_argument("run", help="the run's output URI (local path, s3://...)")
+    e.add_argument("out", help="the .jsonl file to write (local path, s3://...); with --max-rows-per-file, "
+                               "a new or empty folder for the parts")
+    e.add_argument("--format", choices=("button", "openai", "sharegpt"), default="button",
+                   help="button: exact BUTTONInstruct records; openai: messages with tool_calls + tools "
+                        "(TRL, axolotl); sharegpt: LLaMA-Factory (default: button)")
+    e.add_argument("--max-rows-per-file", type=_positive_int, metavar="N",
+                   help="split the output into part files of at most N rows")
     e.add_argument("--validate", action="store_true", help="run the strict BUTTON validator on it")
     e.set_defaults(fn=cmd_export)
+
+    c = sub.add_parser("card", help="(re)write a run's dataset card: README.md and card/*.png at its root")
+    c.add_argument("run", help="the run's output URI")
+    c.set_defaults(fn=cmd_card)
+
+    i = sub.add_parser("inspect", help="print a run's statistics and example dialogues (committed shards only)")
+    i.add_argument("run", help="the run's output URI")
+    i.add_argument("-n", type=int, default=2, metavar="N", help="example dialogues to show (default: 2)")
+    i.set_defaults(fn=cmd_inspect)
 
     v = sub.add_parser("validate", help="check a BUTTON .jsonl file against the exact format")
     v.add_argument("path")
@@ -130,13 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from button_ray.config import ConfigError
+    from button_ray.sink import OutputError
 
     try:
         return args.fn(args)
     except ValidationError as exc:
         print(f"button-ray: {_config_error(exc)}", file=sys.stderr)
         return 2
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, OutputError, FileNotFoundError) as exc:
         print(f"button-ray: {exc}", file=sys.stderr)
         return 2
 

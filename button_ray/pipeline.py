@@ -28,6 +28,7 @@ import numpy as np
 import ray
 
 from button_ray import summary as summ
+from button_ray.card import write_card
 from button_ray.config import MethodConfig, RunConfig
 from button_ray.inputs import input_options, read_scenarios
 from button_ray.llm.pool import LLMUnavailableError, PoolClient
@@ -41,6 +42,7 @@ from button_ray.records import (
     derive_seed,
     item_row,
     stable_id,
+    to_table,
 )
 from button_ray.sink import OutputStore, ShardPlan, covered_scenarios, plan_shards, redact
 
@@ -325,8 +327,8 @@ class ShardSink:
             summ.add_item(stats, i)
         marker = self.store.commit_shard(
             plan,
-            ACCEPTED_SCHEMA.empty_table() if not accepted else _table(accepted, ACCEPTED_SCHEMA),
-            REJECTED_SCHEMA.empty_table() if not rejected else _table(rejected, REJECTED_SCHEMA),
+            to_table(accepted, ACCEPTED_SCHEMA),
+            to_table(rejected, REJECTED_SCHEMA),
             stats,
         )
         self.markers[plan.key] = marker
@@ -336,12 +338,6 @@ class ShardSink:
     def write_manifest(self) -> None:
         self.store.write_manifest(self.fingerprint, self.markers.values())
         self._manifest_at = time.monotonic()
-
-
-def _table(rows: list[dict[str, Any]], schema: Any) -> Any:
-    import pyarrow as pa
-
-    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
 
 
 def _init_ray(cfg: RunConfig) -> None:
@@ -427,6 +423,11 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
     if set(requested) <= covered_scenarios(sink.markers.values()):
         store.write_json("_SUCCESS", {"fingerprint": fingerprint, "shards": len(sink.markers),
                                       "scenarios": len(requested)})
+    try:
+        write_card(cfg.output.uri, cfg.output.storage_options)
+    except Exception as exc:  # noqa: BLE001 - the records are committed; a card can be written later
+        log.warning("could not write the dataset card (%s: %s); `button-ray card %s` writes it",
+                    type(exc).__name__, exc, cfg.output.uri)
     return result
 
 

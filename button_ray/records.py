@@ -182,11 +182,27 @@ class WorkItem(BaseModel):
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 
+#: One message of the OpenAI tool-calling form (``docs/formats.md``). Every message has
+#: every field (absent ones are null); ``arguments`` is a JSON string, as the API sends it.
+OPENAI_TOOL_CALL_TYPE = pa.struct([
+    ("id", pa.string()),
+    ("type", pa.string()),
+    ("function", pa.struct([("name", pa.string()), ("arguments", pa.string())])),
+])
+OPENAI_MESSAGE_TYPE = pa.struct([
+    ("role", pa.string()),
+    ("content", pa.string()),
+    ("tool_calls", pa.list_(OPENAI_TOOL_CALL_TYPE)),
+    ("tool_call_id", pa.string()),
+])
+
+# The two mappings are JSON strings, not Arrow maps: Hugging Face `datasets` cannot read
+# a map column, and the run must load with it as it is (docs/formats.md).
 LINEAGE_FIELDS = [
     pa.field("config_fingerprint", pa.string()),
-    pa.field("models", pa.map_(pa.string(), pa.string()), metadata={"doc": "role -> model name"}),
+    pa.field("models", pa.string(), metadata={"doc": "JSON: role -> model name"}),
     pa.field("engine_version", pa.string()),
-    pa.field("template_hashes", pa.map_(pa.string(), pa.string())),
+    pa.field("template_hashes", pa.string(), metadata={"doc": "JSON: prompt template -> sha256"}),
     pa.field("seed", pa.int64()),
     pa.field("shard", pa.string()),
 ]
@@ -195,6 +211,11 @@ ACCEPTED_SCHEMA = pa.schema(
     [
         pa.field("record_id", pa.string(), nullable=False),
         pa.field("messages", pa.list_(MESSAGE_TYPE), nullable=False, metadata={"doc": "BUTTON messages"}),
+        pa.field("openai_messages", pa.list_(OPENAI_MESSAGE_TYPE),
+                 metadata={"doc": "the same trajectory as OpenAI chat messages with tool_calls"}),
+        # A JSON string, not structs: the parameters' JSON Schemas differ from function to
+        # function, and Arrow would merge them into one struct type padded with nulls.
+        pa.field("tools", pa.string(), metadata={"doc": "JSON: the functions as OpenAI tools"}),
         pa.field("scenario_id", pa.string()),
         pa.field("scenario", pa.string()),
         pa.field("slot", pa.int32()),
@@ -233,6 +254,11 @@ REJECTED_SCHEMA = pa.schema(
 )
 
 
+def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts from :func:`item_row`) as a table of ``schema``; absent fields are null."""
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+
+
 def _usage_totals(item: WorkItem) -> tuple[int, int, int]:
     return (
         sum(u.calls for u in item.usage.values()),
@@ -253,15 +279,21 @@ def item_row(item: WorkItem, lineage: dict[str, Any]) -> dict[str, Any]:
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         **lineage,
-        "models": list(lineage["models"].items()),
-        "template_hashes": list(lineage["template_hashes"].items()),
+        "models": json.dumps(lineage["models"], ensure_ascii=False),
+        "template_hashes": json.dumps(lineage["template_hashes"], ensure_ascii=False),
         "seed": item.seed,
     }
     if item.outcome == "emitted":
+        # Imported here: formats reaches records again through the trajectory filter's types.
+        from button_ray.formats import to_openai
+
         assert item.bundle is not None and item.stats is not None
+        openai = to_openai(item.messages)
         return {
             **common,
             "messages": list(item.messages),
+            "openai_messages": openai["messages"],
+            "tools": json.dumps(openai["tools"], ensure_ascii=False),
             "atomic_task": item.bundle.atomic_task,
             "strategy": item.bundle.composition.strategy,
             "subtasks": list(item.bundle.composition.subtasks),

@@ -29,7 +29,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -240,6 +240,10 @@ class OutputStore:
         except FileNotFoundError:
             return None
 
+    def write_file(self, rel: str, data: bytes) -> None:
+        """Write ``rel`` whole (one PUT on an object store; a rename locally)."""
+        self._write_bytes(rel, data)
+
     def write_json(self, rel: str, obj: Any) -> None:
         self._write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode())
 
@@ -373,15 +377,28 @@ class OutputStore:
         return self._read_json("manifest.json")
 
 
+def committed_manifest(store: OutputStore) -> dict[str, Any]:
+    """The run's manifest (what readers read), or an OutputError saying there is none."""
+    manifest = store.manifest()
+    if manifest is None:
+        raise OutputError(f"{store.uri!r} has no manifest.json: not a button_ray output, or nothing committed yet")
+    return manifest
+
+
+def iter_committed(store: OutputStore, table: str = "data", columns: list[str] | None = None,
+                   batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
+    """The committed rows of ``table`` as record batches of at most ``batch_size`` rows,
+    one shard file at a time, in manifest order: memory does not grow with the run."""
+    for shard in committed_manifest(store)["shards"]:
+        with store.fs.open(store.path(shard[table]), "rb") as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+
+
 def read_committed(uri: str, table: str = "data", storage_options: dict[str, Any] | None = None) -> pa.Table:
     """Read the committed rows of a run through its manifest (``data`` or ``rejected``)."""
     store = OutputStore(uri, storage_options or {})
-    manifest = store.manifest()
-    if manifest is None:
-        raise OutputError(f"{uri!r} has no manifest.json: not a button_ray output, or nothing committed yet")
-    tables = []
-    for shard in manifest["shards"]:
-        tables.append(pq.read_table(io.BytesIO(store.read_bytes(shard[table]))))
+    tables = [pq.read_table(io.BytesIO(store.read_bytes(shard[table])))
+              for shard in committed_manifest(store)["shards"]]
     if not tables:
         from button_ray.records import ACCEPTED_SCHEMA, REJECTED_SCHEMA
 

@@ -123,19 +123,25 @@ def totals(stats: dict[str, Any]) -> dict[str, int]:
     return {k: sum(u.get(k, 0) for u in stats["usage"].values()) for k in keys}
 
 
-def render(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
-    """Print the funnel and totals as a table (rich when the output is a terminal)."""
-    from rich.console import Console
+def funnel_table(rows: list[dict[str, Any]]) -> Any:
+    """The funnel (:func:`funnel` rows) as a rich table."""
     from rich.table import Table
 
-    console = Console(file=out, width=120)
     table = Table(title="BUTTON funnel")
     for col in ("stage", "in", "accepted", "rejected", "top reasons"):
         table.add_column(col, justify="left" if col in ("stage", "top reasons") else "right")
-    for row in summary["funnel"]:
+    for row in rows:
         reasons = ", ".join(f"{k}={v}" for k, v in list(row["reasons"].items())[:4])
         table.add_row(row["stage"], str(row["in"]), str(row["accepted"]), str(row["rejected"]), reasons)
-    console.print(table)
+    return table
+
+
+def render(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    """Print the funnel and totals as a table (rich when the output is a terminal)."""
+    from rich.console import Console
+
+    console = Console(file=out, width=120)
+    console.print(funnel_table(summary["funnel"]))
     t = summary["totals"]
     share = t["unparseable"] / t["calls"] if t["calls"] else 0.0
     console.print(

