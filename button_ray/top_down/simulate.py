@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
+from button_ray import quality
 from button_ray.button_format import assistant_content, to_button_messages, tool_content, validate_button_record
 from button_ray.config import MethodConfig
 from button_ray.llm.contract import ChatMessage, LLMClient, LLMRequest, LLMResponse
@@ -165,7 +166,8 @@ async def simulate(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> WorkIte
     ``item.bundle`` must be set. Sets ``item.parallel``; on success fills ``turns``,
     ``stats`` and ``messages`` and marks the item ``emitted``; otherwise rejects it with
     the stage (``user_agent``, ``assistant_agent``, ``tool_agent``, ``simulation`` or
-    ``trajectory_filter``) and a reason code. Engine errors propagate to the caller.
+    ``trajectory_filter``: the structural rules, then the content rules of
+    :mod:`button_ray.quality`) and a reason code. Engine errors propagate to the caller.
     Items that already have an outcome are returned unchanged.
     """
     if item.outcome != "pending":
@@ -193,6 +195,8 @@ async def simulate(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> WorkIte
         min_calls=cfg.min_calls,
         min_assistant_turns=cfg.min_assistant_turns,
     )
+    if problem is None:
+        problem = quality.trajectory_content_problem(sim.turns, ctx.functions, cfg.content, item.bundle.functions)
     if problem is not None:
         return item.reject("trajectory_filter", *problem)
     messages = to_button_messages(ctx.functions, item.parallel, sim.turns)
