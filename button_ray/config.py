@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from button_ray.llm.contract import ROLES, Role, Sampling
 
@@ -98,15 +98,16 @@ class ContentConfig(_Config):
         "over max_pattern_repeats, or a sentence said twice.",
     )
     repeat_ngram: int = Field(
-        5, ge=2, le=16, description="Word n-gram length of the repeated-share measure (Gopher's duplicate n-grams)."
+        8, ge=2, le=16, description="Word n-gram length of the repeated-share measure (Gopher's duplicate n-grams)."
     )
     max_repeated_share: float = Field(
         0.5,
         gt=0.0,
         le=1.0,
-        description="Most share of a text's words that may lie in repeated_ngram-grams occurring more than once "
-        "(a sentence looped to the token limit is near 1.0; a list of items with their own names and numbers "
-        "stays low). Measured only on texts of at least 2 x repeat_ngram words.",
+        description="Most share of a text's words that may lie in repeat_ngram-grams occurring more than once "
+        "(a sentence or phrase looped to the token limit is near 1.0; a list of items with their own names and "
+        "numbers stays low, because its repeated phrases are shorter than repeat_ngram words). Measured only on "
+        "texts of at least 2 x repeat_ngram words.",
     )
     pattern_ngram: int = Field(
         3, ge=1, le=8, description="Word n-gram length of the pattern measure; every number counts as one word '#'."
@@ -176,6 +177,12 @@ class ContentConfig(_Config):
         "words (the same sentence reworded; reason near_duplicate_subtasks, stage composition). None: off.",
     )
 
+
+    @field_validator("grounding", "result_conformance", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML reads a bare `off` as false: `grounding: off` must mean "off".
+        return "off" if value is False else value
 
 class MethodConfig(_Config):
     """The BUTTON method's choices: the method's own, and those it leaves open to us."""

@@ -85,7 +85,7 @@ def _stem(token: str) -> str:
 
 
 def _content_words(text: str) -> set[str]:
-    words = [_stem(t) for t in tokens(text)]
+    words = [_NUMBER_WORDS.get(t, _stem(t)) for t in tokens(text)]
     return {w for w in words if w not in _STOPWORDS} or set(words)
 
 
