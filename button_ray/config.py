@@ -87,7 +87,8 @@ class ContentConfig(_Config):
         "degeneration", "repeat_ngram", "max_repeated_share", "pattern_ngram", "max_pattern_repeats",
         "sentence_min_words", "copied_turn_similarity", "copied_turn_min_words", "grounding",
         "grounding_min_overlap", "result_conformance", "plan_coverage", "relevance_min_similarity",
-        "relevance_model", "subtask_max_similarity",
+        "relevance_model", "subtask_max_similarity", "near_duplicate_threshold", "near_duplicate_permutations",
+        "near_duplicate_bands", "near_duplicate_capacity",
     })
 
     degeneration: bool = Field(
@@ -157,12 +158,13 @@ class ContentConfig(_Config):
         "uncovered_subtask). Pipeline only: a BUTTON file does not record its sub-tasks.",
     )
     relevance_min_similarity: float | None = Field(
-        0.15,
+        None,
         ge=-1.0,
         le=1.0,
         description="The atomic task must belong to its scenario: cosine similarity of their sentence embeddings "
-        "at least this (reason irrelevant_task, stage atomic_task). MiniLM on such short texts is a weak signal; "
-        "0.15 only catches clearly unrelated tasks. None: off (the model is then never loaded).",
+        "at least this (reason irrelevant_task, stage atomic_task). MiniLM on such short texts is a weak signal: "
+        "0.15 catches clearly unrelated tasks. None (the default): off. On, every bottom-up actor loads "
+        "sentence-transformers (the dedup extra) and the model: about 0.7 GB and 5 s per actor.",
     )
     relevance_model: str = Field(
         "embedded",
@@ -177,6 +179,38 @@ class ContentConfig(_Config):
         "words (the same sentence reworded; reason near_duplicate_subtasks, stage composition). None: off.",
     )
 
+    near_duplicate_threshold: float | None = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Run-wide: reject an emitted trajectory whose composite task has at least this estimated "
+        "Jaccard similarity (word 3-grams, MinHash + LSH, button_ray/near_dup.py) to one kept earlier in the run "
+        "(stage dedup, reason near_duplicate, the detail names the kept record). Which of two near-duplicates is "
+        "kept depends on arrival order. In `button-ray filter` the first user message stands for the composite "
+        "task. None: off.",
+    )
+    near_duplicate_permutations: int = Field(
+        64, ge=8, le=512, description="MinHash permutations (2 bytes each per kept task); a multiple of the bands."
+    )
+    near_duplicate_bands: int = Field(
+        16,
+        ge=1,
+        le=128,
+        description="LSH bands: more bands find candidates at lower similarity (about (1/bands)**(bands/"
+        "permutations) for the defaults' 0.5), at 12 bytes per band per kept task.",
+    )
+    near_duplicate_capacity: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most composite tasks the index holds (about 350 bytes each with the defaults): the bound on its "
+        "memory. Later tasks are still checked against the indexed ones, but not added.",
+    )
+
+    @model_validator(mode="after")
+    def _bands_divide_permutations(self) -> "ContentConfig":
+        if self.near_duplicate_permutations % self.near_duplicate_bands:
+            raise ValueError("near_duplicate_permutations must be a multiple of near_duplicate_bands")
+        return self
 
     @field_validator("grounding", "result_conformance", mode="before")
     @classmethod

@@ -2,7 +2,9 @@
 
 The same rules as a run's trajectory filter, structure (``top_down/filter.py``) then
 content (:mod:`button_ray.quality`), with the same settings (``method.*`` of the config);
-plan coverage is skipped, since a BUTTON record does not keep its sub-tasks. The input
+plan coverage is skipped, since a BUTTON record does not keep its sub-tasks; the
+run-wide near-duplicate check compares first user messages (the composite task as the
+user put it), keeping the first of near-duplicates. The input
 is read one line at a time and kept lines are written as they come, byte for byte, so
 memory does not grow with the file. A line that cannot be read as a record (not UTF-8,
 not JSON, blank) is reported like a dropped record, with its line number: nothing is
@@ -20,6 +22,7 @@ from typing import IO, Any
 from button_ray import quality
 from button_ray.button_format import parse_button_record
 from button_ray.config import MethodConfig
+from button_ray.near_dup import NearDuplicateIndex, index_for
 from button_ray.top_down.filter import trajectory_problem
 
 #: Stage of a line that is not a record at all.
@@ -27,6 +30,7 @@ INPUT_STAGE = "input"
 #: Stage of a record that breaks the BUTTON format (``docs/format.md``).
 FORMAT_STAGE = "format"
 FILTER_STAGE = "trajectory_filter"
+DEDUP_STAGE = "dedup"
 
 
 def record_problem(record: Any, cfg: MethodConfig) -> tuple[str, str, str] | None:
@@ -45,7 +49,9 @@ def record_problem(record: Any, cfg: MethodConfig) -> tuple[str, str, str] | Non
     return (FILTER_STAGE, *problem) if problem else None
 
 
-def _line_problem(raw: bytes, cfg: MethodConfig) -> tuple[str, str, str] | None:
+def _line_problem(
+    raw: bytes, lineno: int, cfg: MethodConfig, duplicates: NearDuplicateIndex | None
+) -> tuple[str, str, str] | None:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -56,7 +62,14 @@ def _line_problem(raw: bytes, cfg: MethodConfig) -> tuple[str, str, str] | None:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         return INPUT_STAGE, "not_json", str(exc)
-    return record_problem(record, cfg)
+    problem = record_problem(record, cfg)
+    if problem is None and duplicates is not None:
+        # The opening user message states the composite task (the user agent's brief).
+        match = duplicates.add(f"line {lineno}", record["messages"][1]["content"])
+        if match is not None:
+            return DEDUP_STAGE, "near_duplicate", (f"the first user message nearly duplicates the one of kept "
+                                                   f"{match.kept_id} (estimated similarity {match.similarity:.2f})")
+    return problem
 
 
 def filter_jsonl(
@@ -71,9 +84,10 @@ def filter_jsonl(
     """
     counts: Counter[str] = Counter()
     lines = kept = 0
+    duplicates = index_for(cfg.content)
     with open(in_path, "rb") as src, open(out_path, "wb") as out, tempfile.TemporaryFile("w+") as entries:
         for lines, raw in enumerate(src, start=1):
-            problem = _line_problem(raw, cfg)
+            problem = _line_problem(raw, lines, cfg, duplicates)
             if problem is None:
                 kept += 1
                 out.write(raw if raw.endswith(b"\n") else raw + b"\n")

@@ -9,14 +9,18 @@ from pathlib import Path
 
 from button_ray.button_format import parse_button_record, to_button_messages
 from button_ray.cli import main
-from button_ray.records import Turn
+from button_ray.records import TaskBundle, Turn
 from button_ray.top_down import simulate
 from tests.fakes import ScriptedLLM
 from tests.oracles.top_down import respond
-from tests.top_down.helpers import cfg, make_item
+from tests.top_down.helpers import BUNDLE, cfg, make_item
+
+
+CITIES = ("Paris", "Oslo", "Lima", "Cairo")
 
 
 def good_records(n: int) -> list[dict]:
+    """Oracle trajectories of ``n`` tasks that differ in their city (distinct, not near-duplicates)."""
     llm = ScriptedLLM(respond)
     items = asyncio.run(_simulate_all(llm, n))
     assert all(i.outcome == "emitted" for i in items), [i.rejection for i in items]
@@ -24,7 +28,13 @@ def good_records(n: int) -> list[dict]:
 
 
 async def _simulate_all(llm: ScriptedLLM, n: int) -> list:
-    return await asyncio.gather(*(simulate(make_item(k), llm, cfg(parallel_ratio=0.5)) for k in range(n)))
+    def bundle(city: str) -> TaskBundle:
+        task = BUNDLE.composition.composite_task.replace("Paris", city)
+        return BUNDLE.model_copy(update={"composition": BUNDLE.composition.model_copy(update={"composite_task": task})})
+
+    return await asyncio.gather(
+        *(simulate(make_item(k, bundle(CITIES[k])), llm, cfg(parallel_ratio=0.5)) for k in range(n))
+    )
 
 
 def rewritten(record: dict, **changes: Turn) -> dict:
@@ -87,3 +97,16 @@ def test_filter_settings_come_from_the_config(tmp_path: Path) -> None:
 def test_filter_missing_input(tmp_path: Path, capsys) -> None:
     assert main(["filter", str(tmp_path / "nope.jsonl"), str(tmp_path / "out.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_filter_drops_near_duplicates_naming_the_kept_line(tmp_path: Path) -> None:
+    first, other = good_records(2)
+    src, out, report = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "report.json"
+    src.write_bytes(line(first) + line(other) + line(first))
+    assert main(["filter", str(src), str(out), "--report", str(report)]) == 0
+    assert out.read_bytes() == line(first) + line(other)
+    (entry,) = json.loads(report.read_text())["dropped_records"]
+    assert (entry["line"], entry["stage"], entry["reason"]) == (3, "dedup", "near_duplicate")
+    assert "line 1" in entry["detail"]
+    assert main(["filter", str(src), str(out), "--set", "method.content.near_duplicate_threshold=null"]) == 0
+    assert out.read_bytes() == src.read_bytes()

@@ -7,7 +7,7 @@ import json
 import time
 
 from button_ray.bottom_up import STAGES, build_bundle
-from button_ray.config import ContentConfig, MethodConfig
+from button_ray.config import MethodConfig
 from tests.bottom_up.conftest import make_item, scripted
 from tests.fakes import ScriptedLLM
 
@@ -67,8 +67,7 @@ async def test_same_item_same_requests(cfg) -> None:
 
 async def test_hundreds_of_items_run_concurrently() -> None:
     n, delay = 400, 0.01
-    # The LLM calls' concurrency only: the relevance check's embeddings cost CPU per item.
-    cfg = MethodConfig(content=ContentConfig(relevance_min_similarity=None))
+    cfg = MethodConfig()
     llm = ScriptedLLM(scripted(), delay=delay)
     items = [make_item(f"run0/s{i}/0") for i in range(n)]
     start = time.perf_counter()
@@ -86,7 +85,5 @@ async def test_prompt_copies_pass_when_the_check_is_off(item) -> None:
     for check, outcome in ((True, "rejected"), (False, "pending")):
         probe = make_item(item.item_id)
         llm = ScriptedLLM(scripted({"atomic_task": [example] * 3}))
-        # Relevance off: the worked example is about cooking, not this item's parcel.
-        off = ContentConfig(relevance_min_similarity=None)
-        await build_bundle(probe, llm, MethodConfig(reject_prompt_copies=check, content=off))
+        await build_bundle(probe, llm, MethodConfig(reject_prompt_copies=check))
         assert probe.outcome == outcome

@@ -17,6 +17,7 @@ from tests.bottom_up.conftest import make_item, scripted
 from tests.fakes import ScriptedLLM
 
 CONTENT = ContentConfig()
+RELEVANCE = 0.15  # the threshold docs/quality.md suggests
 ATOMIC = "Find a hotel in Lisbon for 3 June 2025 for 2 people."
 LOOPED = " ".join(["Book it and pay for it now."] * 3)  # within the 30-word limit
 
@@ -80,7 +81,7 @@ def test_degenerate_function_description() -> None:
 
 
 def test_relevance_separates_on_and_off_topic_tasks() -> None:
-    threshold = CONTENT.relevance_min_similarity
+    threshold = RELEVANCE
     assert relevance("booking a flight", "Book a one-way flight from Paris to Rome on 5 May for 2 adults.") > threshold
     assert relevance("ordering groceries online", "Order 2 litres of milk and bread for delivery at 6 pm.") > threshold
     assert relevance("planning a wedding", "Calculate the monthly payment of a 200000 dollar mortgage.") < threshold
@@ -91,12 +92,11 @@ async def test_an_irrelevant_atomic_task_is_rejected_before_simulation() -> None
     off_topic = json.dumps({"task": "Check the weather forecast for Berlin tomorrow."})
     item = make_item(scenario="ordering groceries online")
     llm = ScriptedLLM(scripted({"atomic_task": [off_topic]}))
-    await build_bundle(item, llm, MethodConfig())
+    await build_bundle(item, llm, MethodConfig(content=ContentConfig(relevance_min_similarity=RELEVANCE)))
     assert (item.rejection.stage, item.rejection.reason) == ("atomic_task", "irrelevant_task")
     assert [r.role for r in llm.requests] == ["atomic_task"]
     kept = make_item(scenario="ordering groceries online")
-    await build_bundle(kept, ScriptedLLM(scripted({"atomic_task": [off_topic]})),
-                       MethodConfig(content=ContentConfig(relevance_min_similarity=None)))  # fmt: skip
+    await build_bundle(kept, ScriptedLLM(scripted({"atomic_task": [off_topic]})), MethodConfig())  # off by default
     assert kept.outcome == "pending" and kept.bundle is not None
 
 
