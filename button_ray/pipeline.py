@@ -323,7 +323,7 @@ class ShardSink:
     def _check_duplicate(self, item: WorkItem) -> None:
         if self.duplicates is None or item.outcome != "emitted" or item.bundle is None:
             return
-        match = self.duplicates.add(item.item_id, item.bundle.composite_task)
+        match = self.duplicates.add(item.item_id, item.bundle.composition.composite_task)
         if match is not None:
             item.reject("dedup", "near_duplicate", f"composite task nearly duplicates record {match.kept_id} "
                         f"(estimated similarity {match.similarity:.2f})")
