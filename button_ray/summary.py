@@ -100,7 +100,8 @@ def render(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
     share = t["unparseable"] / t["calls"] if t["calls"] else 0.0
     console.print(
         f"items {summary['items']}: emitted {summary['emitted']}, rejected {summary['rejected']}, "
-        f"failed {summary['failed']} | LLM calls {t['calls']} (unparseable {share:.1%}), "
+        f"failed {summary['failed']} | near-duplicates {summary['duplicate_rate']:.1%} | "
+        f"LLM calls {t['calls']} (unparseable {share:.1%}), "
         f"prompt tokens {t['prompt_tokens']}, completion tokens {t['completion_tokens']} | "
         f"wall {summary['wall_time_s']:.0f}s, {summary['completion_tokens_per_s']:.1f} completion tok/s, "
         f"{summary['accepted_per_hour']:.0f} accepted/h"
