@@ -1,7 +1,7 @@
 """``button-ray filter``: the trajectory filter's rules over any BUTTON JSON Lines file.
 
-The same rules as a run's trajectory filter, structure (``top_down/filter.py``) then
-content (:mod:`button_ray.quality`), with the same settings (``method.*`` of the config);
+The same rules as a run's trajectory filter (``top_down/filter.py``: structure, then
+content), with the same settings (``method.*`` of the config);
 plan coverage is skipped, since a BUTTON record does not keep its sub-tasks; the
 run-wide near-duplicate check compares first user messages (the composite task as the
 user put it), keeping the first of near-duplicates. The input
@@ -19,11 +19,10 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
-from button_ray import quality
 from button_ray.button_format import parse_button_record
 from button_ray.config import MethodConfig
 from button_ray.near_dup import NearDuplicateIndex, index_for
-from button_ray.top_down.filter import trajectory_problem
+from button_ray.top_down.filter import filter_problem
 
 #: Stage of a line that is not a record at all.
 INPUT_STAGE = "input"
@@ -39,13 +38,7 @@ def record_problem(record: Any, cfg: MethodConfig) -> tuple[str, str, str] | Non
         parsed = parse_button_record(record)
     except ValueError as exc:
         return FORMAT_STAGE, "invalid_button_record", str(exc)
-    problem = trajectory_problem(
-        parsed.turns,
-        parsed.functions,
-        parallel=parsed.parallel,
-        min_calls=cfg.min_calls,
-        min_assistant_turns=cfg.min_assistant_turns,
-    ) or quality.trajectory_content_problem(parsed.turns, parsed.functions, cfg.content)
+    problem = filter_problem(parsed.turns, parsed.functions, parallel=parsed.parallel, cfg=cfg)
     return (FILTER_STAGE, *problem) if problem else None
 
 

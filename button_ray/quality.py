@@ -22,7 +22,8 @@ from button_ray.config import ContentConfig
 from button_ray.records import FunctionDef, Turn
 from button_ray.top_down.schema import canonical_types, value_matches
 
-_TOKEN = re.compile(r"(\d+(?:[.,]\d+)*)(?:st|nd|rd|th)?(?![^\W\d_])|[^\W\d_]+")
+# A number (an ordinal suffix dropped: "3rd" is 3) or a run of letters.
+_TOKEN = re.compile(r"(\d+(?:[.,]\d+)*)(?:(?:st|nd|rd|th)(?![^\W\d_]))?|[^\W\d_]+")
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+")
 _STOPWORDS = frozenset(

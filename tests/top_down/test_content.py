@@ -293,6 +293,7 @@ def test_tokens_read_numbers_once() -> None:
     assert tokens("Pay 1,000.50 on 2025-06-03 at 14:00, the 3rd time; 3,5 kg") == [
         "pay", "1000.5", "on", "2025", "6", "3", "at", "14", "0", "the", "3", "time", "3.5", "kg",
     ]  # fmt: skip
+    assert tokens("Parcel 1Z999, 5th Avenue") == ["parcel", "1", "z", "999", "5", "avenue"]
 
 
 async def test_the_simulation_rejects_with_the_content_reason() -> None:
