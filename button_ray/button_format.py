@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import fsspec
 
@@ -308,6 +308,53 @@ def validate_button_record(record: Any) -> list[str]:
     if last["role"] != "assistant" or not last["content"].endswith(FINAL_CLOSE) or FINAL_OPEN not in last["content"]:
         errors.append("last message: must be an assistant message ending in <final>...</final>")
     return errors
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class ParsedRecord(NamedTuple):
+    """A BUTTON record read back into what the filters check."""
+
+    functions: tuple[FunctionDef, ...]
+    parallel: bool
+    turns: tuple[Turn, ...]
+
+
+def _assistant_turn(content: str, names: dict[str, Any]) -> Turn:
+    if CALL_OPEN in content:
+        calls, _ = _parse_calls(content, "", names)
+        thought = content[: content.index(CALL_OPEN)].strip()
+        return Turn(role="assistant", thought=thought, calls=tuple(ToolCall(**c) for c in calls or ()))
+    if FINAL_OPEN in content:
+        thought, _, rest = content.partition(FINAL_OPEN)
+        return Turn(role="assistant", thought=thought.strip(), final=rest[: -len(FINAL_CLOSE)])
+    return Turn(role="assistant", thought=content)
+
+
+def parse_button_record(record: Any) -> ParsedRecord:
+    """The functions, parallel mode and dialogue turns of a BUTTON record.
+
+    Raises ``ValueError`` naming the first problems when ``record`` is not valid (see
+    :func:`validate_button_record`) or a function in its tool list is not a valid
+    :class:`FunctionDef`.
+    """
+    errors = validate_button_record(record)
+    if errors:
+        raise ValueError("; ".join(errors[:3]))
+    messages = record["messages"]
+    tool_list, parallel, _ = _split_system(messages[0]["content"])
+    by_name, _ = _check_tool_list(tool_list or "")
+    functions = tuple(FunctionDef.model_validate(tool) for tool in by_name.values())
+    turns: list[Turn] = []
+    for m in messages[1:]:
+        if m["role"] == "user":
+            turns.append(Turn(role="user", content=m["content"]))
+        elif m["role"] == "assistant":
+            turns.append(_assistant_turn(m["content"], by_name))
+        else:
+            turns.append(Turn(role="tool", results=tuple(item["results"] for item in json.loads(m["content"]))))
+    return ParsedRecord(functions=functions, parallel=bool(parallel), turns=tuple(turns))
 
 
 def validate_jsonl(path: str | Path, max_errors: int = 10) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The `button-ray` command: generate, scenarios, export, card, inspect, validate.
+"""The `button-ray` command: generate, scenarios, export, card, inspect, filter, validate.
 
 Configuration problems are reported before Ray or any engine starts, naming the field.
 """
@@ -119,6 +119,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report["invalid"] == 0 else 1
 
 
+def cmd_filter(args: argparse.Namespace) -> int:
+    from button_ray.file_filter import filter_jsonl
+
+    cfg = _load(args)
+    if not Path(args.input).is_file():
+        print(f"button-ray: input file {args.input} does not exist", file=sys.stderr)
+        return 2
+    summary = filter_jsonl(args.input, args.out, cfg.method, args.report)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="button-ray", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("run", help="the run's output URI")
     i.add_argument("-n", type=int, default=2, metavar="N", help="example dialogues to show (default: 2)")
     i.set_defaults(fn=cmd_inspect)
+
+    f = sub.add_parser("filter", help="keep the records of a BUTTON .jsonl file that pass the structure and "
+                       "content rules (method.* settings of the config); report every dropped line")
+    common(f)
+    f.add_argument("input", help="a BUTTON JSON Lines file (ours or anyone's)")
+    f.add_argument("out", help="the .jsonl file to write the kept records to")
+    f.add_argument("--report", help="write a JSON report: counts per reason and one entry per dropped line")
+    f.set_defaults(fn=cmd_filter)
 
     v = sub.add_parser("validate", help="check a BUTTON .jsonl file against the exact format")
     v.add_argument("path")

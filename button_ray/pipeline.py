@@ -17,6 +17,7 @@ driver (:class:`SourceGate`), so memory does not grow with the size of the run.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from button_ray.config import MethodConfig, RunConfig
 from button_ray.inputs import input_options, read_scenarios
 from button_ray.llm.pool import LLMUnavailableError, PoolClient
 from button_ray.llm.replica import Pools, start_pools, stop_pools
+from button_ray.near_dup import NearDuplicateIndex, index_for
 from button_ray.prompts import template_hashes
 from button_ray.records import (
     ACCEPTED_SCHEMA,
@@ -284,11 +286,18 @@ def _bounded_block_stats() -> type:
 
 
 class ShardSink:
-    """Collects finished items per shard and commits each shard once it is complete."""
+    """Collects finished items per shard and commits each shard once it is complete.
+
+    With ``duplicates`` (a :class:`~button_ray.near_dup.NearDuplicateIndex`), an emitted
+    item whose composite task nearly duplicates one emitted before in the run is rejected
+    here (stage ``dedup``): the driver is the one place that sees every item.
+    """
 
     def __init__(self, store: OutputStore, fingerprint: str, plans: list[ShardPlan],
-                 lineage: dict[str, Any], manifest_interval_s: float = 30.0) -> None:
+                 lineage: dict[str, Any], manifest_interval_s: float = 30.0,
+                 duplicates: NearDuplicateIndex | None = None) -> None:
         self.store = store
+        self.duplicates = duplicates
         self.fingerprint = fingerprint
         self.plans = {p.key: p for p in plans}
         self.lineage = lineage
@@ -306,11 +315,33 @@ class ShardSink:
         buf = self.buffers.setdefault(shard, {})
         if item.item_id in buf:
             return False
+        self._check_duplicate(item)
         buf[item.item_id] = item
         plan = self.plans[shard]
         if len(buf) == plan.items:
             self._commit(plan, list(self.buffers.pop(shard).values()))
         return True
+
+    def _check_duplicate(self, item: WorkItem) -> None:
+        if self.duplicates is None or item.outcome != "emitted" or item.bundle is None:
+            return
+        match = self.duplicates.add(item.item_id, item.bundle.composition.composite_task)
+        if match is not None:
+            item.reject("dedup", "near_duplicate", f"composite task nearly duplicates record {match.kept_id} "
+                        f"(estimated similarity {match.similarity:.2f})")
+
+    def index_committed(self) -> None:
+        """Put the composite tasks of the committed shards into ``duplicates`` (a resume),
+        one shard's two columns at a time."""
+        if self.duplicates is None:
+            return
+        import pyarrow.parquet as pq
+
+        for marker in self.markers.values():
+            raw = self.store.read_bytes(marker["files"]["data"]["path"])
+            table = pq.read_table(io.BytesIO(raw), columns=["record_id", "composite_task"])
+            for record_id, task in zip(table["record_id"].to_pylist(), table["composite_task"].to_pylist()):
+                self.duplicates.add(record_id, task or "")
 
     def missing(self) -> dict[str, int]:
         """Items not delivered, per uncommitted shard (also shards that delivered none)."""
@@ -397,13 +428,14 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
               f"({len(committed)} shards)", flush=True)
 
     # Every committed shard stays in the manifest, also those beyond this run's limit.
-    sink = ShardSink(store, fingerprint, pending, lineage={})
+    sink = ShardSink(store, fingerprint, pending, lineage={}, duplicates=index_for(cfg.method.content))
     sink.markers = dict(committed)
     progress = summ.Progress(sum(p.items for p in pending), cfg.runtime.progress_interval_s)
     replica_metrics: dict[str, Any] = {}
     if pending:
         # _SUCCESS describes the run that wrote it; this one has work left.
         store.remove("_SUCCESS")
+        sink.index_committed()
         try:
             replica_metrics = _run_pending(cfg, fingerprint, hashes, pending, scenarios, sink, progress)
         except BaseException:

@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterable, TextIO
 from button_ray.llm.contract import ROLES
 from button_ray.records import WorkItem
 
-#: Stage order of the method (the item-level roles, then the simulation's own checks);
-#: rejections are reported against these names.
-STAGE_ORDER = (*(r for r in ROLES if not r.startswith("scenario_")), "simulation", "trajectory_filter")
+#: Stage order of the method (the item-level roles, then the simulation's own checks, then
+#: the run-wide near-duplicate check); rejections are reported against these names.
+STAGE_ORDER = (*(r for r in ROLES if not r.startswith("scenario_")), "simulation", "trajectory_filter", "dedup")
 
 
 #: Counts over emitted trajectories (the dialogue shape the data teaches).
@@ -146,7 +146,8 @@ def render(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
     share = t["unparseable"] / t["calls"] if t["calls"] else 0.0
     console.print(
         f"items {summary['items']}: emitted {summary['emitted']}, rejected {summary['rejected']}, "
-        f"failed {summary['failed']} | LLM calls {t['calls']} (unparseable {share:.1%}), "
+        f"failed {summary['failed']} | near-duplicates {summary['duplicate_rate']:.1%} | "
+        f"LLM calls {t['calls']} (unparseable {share:.1%}), "
         f"prompt tokens {t['prompt_tokens']}, completion tokens {t['completion_tokens']} | "
         f"wall {summary['wall_time_s']:.0f}s, {summary['completion_tokens_per_s']:.1f} completion tok/s, "
         f"{summary['accepted_per_hour']:.0f} accepted/h"
@@ -167,6 +168,7 @@ def build_summary(stats: dict[str, Any], wall_time_s: float, attempt_stats: dict
     t = totals(stats)
     attempt = totals(attempt_stats)
     rejected = sum(sum(r.values()) for r in stats["rejected"].values())
+    duplicates = sum(stats["rejected"].get("dedup", {}).values())
     wall = max(wall_time_s, 1e-9)
     return {
         "items": stats["items"],
@@ -176,6 +178,8 @@ def build_summary(stats: dict[str, Any], wall_time_s: float, attempt_stats: dict
         "errors": stats["errors"],
         "funnel": funnel(stats),
         "shape": shape(stats),
+        # Of the trajectories that passed every other filter, the share that were near-duplicates.
+        "duplicate_rate": duplicates / (duplicates + stats["emitted"]) if duplicates else 0.0,
         "usage_by_role": stats["usage"],
         "totals": t,
         "unparseable_share": t["unparseable"] / t["calls"] if t["calls"] else 0.0,

@@ -8,6 +8,8 @@ examples, parses fine but breaks a rule, so it is retried with a new seed
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from button_ray.bottom_up.common import (
@@ -18,7 +20,8 @@ from button_ray.bottom_up.common import (
     text_schema,
     word_count,
 )
-from button_ray.config import MethodConfig
+from button_ray import quality
+from button_ray.config import ContentConfig, MethodConfig
 from button_ray.llm.contract import LLMClient, LLMResponse
 from button_ray.prompts import render
 from button_ray.records import WorkItem, derive_seed
@@ -61,9 +64,16 @@ def prompt(scenario: str, cfg: MethodConfig, asker: str | None = None) -> str:
     return render("atomic_task.j2", scenario=scenario, max_words=cfg.atomic_task_max_words, asker=asker)
 
 
-def parse(response: LLMResponse, max_words: int, prompt_text: str | None) -> str:
+def parse(
+    response: LLMResponse,
+    max_words: int,
+    prompt_text: str | None,
+    *,
+    content: ContentConfig | None = None,
+) -> str:
     """The task text; ``empty_output``/``bad_json``/``schema_mismatch``/``too_long``/
-    ``copied_from_prompt`` (checked only when ``prompt_text`` is given) otherwise."""
+    ``copied_from_prompt`` (checked only when ``prompt_text`` is given) otherwise. With
+    ``content``, ``degenerate_text`` too (see :class:`~button_ray.config.ContentConfig`)."""
     task = clean_text(parse_json_as(AtomicTaskOutput, response.text).task)
     if not task:
         raise ParseError("schema_mismatch", "task is blank")
@@ -72,19 +82,36 @@ def parse(response: LLMResponse, max_words: int, prompt_text: str | None) -> str
         raise ParseError("too_long", f"{words} words > {max_words}: {task[:200]}", malformed=False)
     if prompt_text is not None and copied_from_prompt(task, prompt_text):
         raise ParseError("copied_from_prompt", task[:200], malformed=False)
+    if content is not None:
+        degenerate = quality.first_degenerate([("atomic task", task)], content)
+        if degenerate:
+            raise ParseError("degenerate_text", degenerate, malformed=False)
     return task
 
 
 async def write_atomic_task(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> str | None:
-    """The atomic task for ``item.scenario``, or None with the item rejected."""
+    """The atomic task for ``item.scenario``, or None with the item rejected.
+
+    A task that does not belong to its scenario (``ContentConfig.relevance_min_similarity``)
+    is rejected as ``irrelevant_task``, not redrawn: the embedding runs in a worker thread
+    after the step, so the event loop keeps serving the actor's other items meanwhile.
+    """
     text = prompt(item.scenario.text, cfg, angle(item.scenario.scenario_id, item.slot, cfg.atomic_task_angles))
     copy_check = text if cfg.reject_prompt_copies else None
-    return await run_item_step(
+    task = await run_item_step(
         item,
         STAGE,
         text,
         schema(cfg.atomic_task_max_words),
-        lambda r: parse(r, cfg.atomic_task_max_words, copy_check),
+        lambda r: parse(r, cfg.atomic_task_max_words, copy_check, content=cfg.content),
         llm,
         cfg,
     )
+    threshold = cfg.content.relevance_min_similarity
+    if task is None or threshold is None:
+        return task
+    similarity = await asyncio.to_thread(quality.relevance, item.scenario.text, task, cfg.content.relevance_model)
+    if similarity < threshold:
+        item.reject(STAGE, "irrelevant_task", f"similarity {similarity:.2f} < {threshold}: {task[:200]}")
+        return None
+    return task

@@ -18,7 +18,8 @@ from button_ray.bottom_up.common import (
     run_item_step,
     text_schema,
 )
-from button_ray.config import MethodConfig
+from button_ray import quality
+from button_ray.config import ContentConfig, MethodConfig
 from button_ray.llm.contract import LLMClient, LLMResponse
 from button_ray.prompts import render
 from button_ray.records import Composition, Strategy, WorkItem, derive_seed
@@ -85,7 +86,12 @@ def prompt(strategy: Strategy, atomic_task: str) -> str:
 
 
 def parse(
-    response: LLMResponse, strategy: Strategy, atomic_task: str, prompt_text: str | None
+    response: LLMResponse,
+    strategy: Strategy,
+    atomic_task: str,
+    prompt_text: str | None,
+    *,
+    content: ContentConfig | None = None,
 ) -> Composition:
     """A :class:`Composition` whose first sub-task is ``atomic_task`` verbatim.
 
@@ -93,7 +99,9 @@ def parse(
     a paraphrase cannot drift from the task that was written and checked. New sub-tasks
     and the composite task must be new text: not copied from the prompt (its examples,
     its placeholders, the first task itself; checked only when ``prompt_text`` is
-    given) and not repeating each other.
+    given) and not repeating each other. With ``content``, the content rules too:
+    ``degenerate_text`` (a new sub-task or the composite task) and ``near_duplicate_subtasks``
+    (two sub-tasks, the first one included, saying nearly the same thing).
     """
     out = parse_json_as(CompositionOutput, response.text)
     subtasks = [clean_text(s) for s in out.subtasks]
@@ -112,6 +120,14 @@ def parse(
         raise ParseError("copied_from_prompt", copied[0][:200], malformed=False)
     if len({normalize(t) for t in subtasks[1:]}) < len(subtasks) - 1:
         raise ParseError("duplicate_subtask", " | ".join(subtasks)[:300], malformed=False)
+    if content is not None:
+        texts = [(f"sub-task {k}", t) for k, t in enumerate(subtasks[1:], 2)] + [("composite task", composite)]
+        degenerate = quality.first_degenerate(texts, content)
+        if degenerate:
+            raise ParseError("degenerate_text", degenerate, malformed=False)
+        alike = quality.near_duplicate_subtasks([atomic_task, *subtasks[1:]], content.subtask_max_similarity)
+        if alike:
+            raise ParseError("near_duplicate_subtasks", f"{alike}: {' | '.join(subtasks)[:300]}", malformed=False)
     return Composition(strategy=strategy, subtasks=(atomic_task, *subtasks[1:]), composite_task=composite)
 
 
@@ -127,5 +143,5 @@ async def write_composition(
         STAGE,
         text,
         schema(strategy, atomic_task if cfg.pin_first_subtask else None, cfg.atomic_task_max_words),
-        lambda r: parse(r, strategy, atomic_task, copy_check), llm, cfg
+        lambda r: parse(r, strategy, atomic_task, copy_check, content=cfg.content), llm, cfg
     )

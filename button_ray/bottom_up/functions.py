@@ -13,7 +13,8 @@ from typing import Annotated, Any, Sequence
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from button_ray.bottom_up.common import copied_from_prompt, parse_json_as, run_item_step
-from button_ray.config import MethodConfig
+from button_ray import quality
+from button_ray.config import ContentConfig, MethodConfig
 from button_ray.llm.contract import LLMClient, LLMResponse
 from button_ray.prompts import render
 from button_ray.records import Composition, FunctionDef, WorkItem
@@ -347,6 +348,7 @@ def parse(
     name_pattern: str = NAME_PATTERN,
     parameter_pattern: str = PARAM_NAME_PATTERN,
     group_name_patterns: Sequence[str | None] | None = None,
+    content: ContentConfig | None = None,
 ) -> tuple[tuple[FunctionDef, ...], ...]:
     """Function groups, one per sub-task, checked against the BUTTON rules.
 
@@ -354,8 +356,9 @@ def parse(
     ``too_many_functions``, ``too_few_functions`` (a group under ``min_per_subtask``),
     ``duplicate_function_name``, ``required_not_in_parameters``, ``no_functions`` and
     ``copied_from_prompt`` (a description lifted from the prompt or restating a sub-task;
-    checked only when ``prompt_text`` is given). A name off ``name_pattern`` or
-    ``parameter_pattern`` is ``schema_mismatch`` (the constraint forbids it).
+    checked only when ``prompt_text`` is given), and with ``content`` ``degenerate_text`` (a
+    function description). A name off ``name_pattern`` or ``parameter_pattern`` is
+    ``schema_mismatch`` (the constraint forbids it).
     """
     groups = parse_json_as(FunctionsOutput, response.text).functions
     if len(groups) != n_subtasks:
@@ -389,6 +392,10 @@ def parse(
     ]
     if copied:
         raise ParseError("copied_from_prompt", ", ".join(copied), malformed=False)
+    if content is not None:
+        degenerate = quality.first_degenerate([(fn.name, fn.description) for g in groups for fn in g], content)
+        if degenerate:
+            raise ParseError("degenerate_text", degenerate, malformed=False)
     return tuple(tuple(_to_def(fn) for fn in group) for group in groups)
 
 
@@ -413,7 +420,7 @@ async def generate_functions(
         STAGE,
         text,
         schema(n, cfg.max_functions_per_subtask, rich=rich_specs(cfg), **rules),
-        lambda r: parse(r, n, cfg.max_functions_per_subtask, copy_check, **rules),
+        lambda r: parse(r, n, cfg.max_functions_per_subtask, copy_check, content=cfg.content, **rules),
         llm,
         cfg,
         max_tokens=max_tokens,

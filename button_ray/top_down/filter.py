@@ -8,6 +8,7 @@ hold one call; no identical call is repeated.
 
 The simulation's parsers already enforce most of this per turn; the filter checks
 the finished dialogue as a whole, so it also guards trajectories built elsewhere.
+:func:`filter_problem` adds the content rules (``docs/quality.md``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
+from button_ray import quality
+from button_ray.config import MethodConfig
 from button_ray.records import FunctionDef, Turn
 from button_ray.top_down.schema import call_key, call_problem
 
@@ -83,3 +86,19 @@ def trajectory_problem(
     if assistant_turns < min_assistant_turns:
         return "too_few_turns", f"{assistant_turns} < {min_assistant_turns}"
     return None
+
+
+def filter_problem(
+    turns: Sequence[Turn],
+    functions: Sequence[FunctionDef],
+    *,
+    parallel: bool,
+    cfg: MethodConfig,
+    groups: Sequence[Sequence[FunctionDef]] | None = None,
+) -> tuple[str, str] | None:
+    """The whole trajectory filter: :func:`trajectory_problem`, then the content rules of
+    :func:`button_ray.quality.trajectory_content_problem` (``groups``: the functions per
+    sub-task, for plan coverage; None skips it)."""
+    return trajectory_problem(
+        turns, functions, parallel=parallel, min_calls=cfg.min_calls, min_assistant_turns=cfg.min_assistant_turns
+    ) or quality.trajectory_content_problem(turns, functions, cfg.content, groups)

@@ -22,7 +22,7 @@ from button_ray.llm.contract import ChatMessage, LLMClient, LLMRequest, LLMRespo
 from button_ray.records import ToolCall, TrajectoryStats, Turn, WorkItem, stable_id
 from button_ray.steps import StepResult, run_step
 from button_ray.top_down import agents
-from button_ray.top_down.filter import trajectory_problem
+from button_ray.top_down.filter import filter_problem
 from button_ray.top_down.schema import call_key
 
 ROLES = ("user_agent", "assistant_agent", "tool_agent")
@@ -166,8 +166,9 @@ async def simulate(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> WorkIte
     ``item.bundle`` must be set. Sets ``item.parallel``; on success fills ``turns``,
     ``stats`` and ``messages`` and marks the item ``emitted``; otherwise rejects it with
     the stage (``user_agent``, ``assistant_agent``, ``tool_agent``, ``simulation`` or
-    ``trajectory_filter``) and a reason code. Engine errors propagate to the caller.
-    Items that already have an outcome are returned unchanged.
+    ``trajectory_filter``: the structural rules, then the content rules) and a reason
+    code. Engine errors propagate to the caller. Items that already have an outcome are
+    returned unchanged.
     """
     if item.outcome != "pending":
         return item
@@ -187,13 +188,7 @@ async def simulate(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> WorkIte
         await sim.run()
     except _Rejected as rejected:
         return item.reject(rejected.stage, rejected.reason, rejected.detail)
-    problem = trajectory_problem(
-        sim.turns,
-        ctx.functions,
-        parallel=item.parallel,
-        min_calls=cfg.min_calls,
-        min_assistant_turns=cfg.min_assistant_turns,
-    )
+    problem = filter_problem(sim.turns, ctx.functions, parallel=item.parallel, cfg=cfg, groups=item.bundle.functions)
     if problem is not None:
         return item.reject("trajectory_filter", *problem)
     messages = to_button_messages(ctx.tools, item.parallel, sim.turns)

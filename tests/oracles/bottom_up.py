@@ -40,9 +40,15 @@ def _numbered_after(marker: str, text: str) -> list[str]:
     return [m.group(1).strip() for m in re.finditer(r"^\d+\. (.+)$", tail, re.MULTILINE)]
 
 
-def _atomic(prompt: str) -> dict:
+_CITIES = ("Lisbon", "Oslo", "Lima", "Cairo", "Dublin", "Quito", "Hanoi", "Perth", "Accra", "Riga", "Tunis", "Bern")
+
+
+def _atomic(prompt: str, seed: int) -> dict:
+    # The seed (one per item and attempt) varies the values: two slots of a scenario get
+    # distinct tasks, not near-duplicates.
     scenario = " ".join(_last("Scenario:", prompt).split()[:8]) or "everyday errands"
-    return {"task": f"Find the best option for {scenario} in Lisbon on 3 June 2025 for 2 people."}
+    city, day = _CITIES[seed % len(_CITIES)], 1 + (seed // len(_CITIES)) % 28
+    return {"task": f"Find the best option for {scenario} in {city} on {day} June 2025 for 2 people."}
 
 
 def _composition(prompt: str) -> dict:
@@ -99,7 +105,7 @@ def respond(request: LLMRequest) -> str | None:
     prompt = request.messages[-1].content
     role = request.role
     if role == "atomic_task":
-        out = _atomic(prompt)
+        out = _atomic(prompt, request.sampling.seed or sum(map(ord, request.request_id)))
     elif role == "composition":
         out = _composition(prompt)
     elif role == "composition_filter":

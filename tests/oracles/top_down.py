@@ -15,8 +15,10 @@ What it reads from a request:
   function once, in sub-task order (a function list of one is called twice with
   different arguments, to reach two calls), one call per turn, except with parallel on
   the independent sub-tasks' functions all in the first turn (the two calls of a lone
-  function too), filling required arguments with values of the declared type; then it
-  gives ``<final>``;
+  function too), filling required arguments with values of the declared type taken
+  from the dialogue (a string: a few consecutive words of the user's request; a
+  number: one the user or an earlier tool result gave), so the calls are grounded;
+  then it gives ``<final>``;
 - tool agent: the function definition between ``<tool>`` and ``</tool>`` and the call
   between ``<call>`` and ``</call>`` (``prompts/tool_agent.j2``); it answers every
   declared response key with a value of its type.
@@ -40,12 +42,16 @@ def _between(text: str, start: str, end: str) -> str:
     return match.group(1).strip()
 
 
+def _kind(spec: Any) -> str:
+    types = canonical_types(spec)
+    return sorted(types)[0] if types else "string"
+
+
 def _value(spec: Any, label: str, variant: int) -> Any:
+    """A tool result value of ``spec``'s type (results need not be grounded)."""
     enum = spec.get("enum") if isinstance(spec, dict) else None
     if isinstance(enum, list) and enum:
         return enum[variant % len(enum)]
-    types = canonical_types(spec)
-    kind = sorted(types)[0] if types else "string"
     return {
         "string": f"{label} {variant + 1}",
         "number": 1.5 + variant,
@@ -54,7 +60,31 @@ def _value(spec: Any, label: str, variant: int) -> Any:
         "array": [f"{label} {variant + 1}"],
         "object": {"key": f"{label} {variant + 1}"},
         "null": None,
-    }[kind]
+    }[_kind(spec)]
+
+
+class _Dialogue:
+    """Argument values the dialogue so far has given: the user's words and the numbers
+    of the user's request and of every tool result."""
+
+    def __init__(self, request: LLMRequest) -> None:
+        first_user = next(m.content for m in request.messages if m.role == "user")
+        self.words = first_user.split(": ", 1)[-1].split()
+        said = " ".join(m.content for m in request.messages[1:])
+        self.numbers = [float(n) for n in re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])", said)]
+
+    def argument(self, spec: Any, slot: int, variant: int) -> Any:
+        enum = spec.get("enum") if isinstance(spec, dict) else None
+        if isinstance(enum, list) and enum:
+            return enum[variant % len(enum)]
+        kind = _kind(spec)
+        phrase = " ".join(self.words[(3 * variant + slot) % max(1, len(self.words) - 2):][:3])
+        if kind in ("number", "integer"):
+            number = self.numbers[(variant + slot) % len(self.numbers)] if self.numbers else 1.0
+            return int(number) if kind == "integer" else number
+        return {"boolean": variant % 2 == 0, "array": [phrase], "object": {"key": phrase}, "null": None}.get(
+            kind, phrase
+        )
 
 
 _SUBTASK_LINE = re.compile(r"^(\d+)\. .*\(functions: ([^)]*)\)$", re.M)
@@ -84,14 +114,17 @@ def _assistant(request: LLMRequest) -> str:
     turn = sum(1 for m in request.messages if m.role == "assistant")
     if turn >= len(schedule):
         return "All the results are in. <final>The task is done: every step returned its result.</final>"
+    dialogue = _Dialogue(request)
     calls = [
         {
             "name": f["name"],
-            "arguments": {p: _value(f["parameters"].get(p, {}), p, variant) for p in f["required"]},
+            "arguments": {
+                p: dialogue.argument(f["parameters"].get(p, {}), slot, variant) for slot, p in enumerate(f["required"])
+            },
         }
         for f, variant in schedule[turn]
     ]
-    thought = "Plan: call each function in order." if turn == 0 else "Next step."
+    thought = "Plan: call each function in order." if turn == 0 else f"Next, I call {calls[0]['name']}."
     return f"{thought} <call>{dump_json(calls)}</call>"
 
 

@@ -100,10 +100,13 @@ def turn_of(request: LLMRequest) -> tuple[int, int]:
 
 def script(assistant: Callable[[int, int], str], tool: Callable[[LLMRequest], str] | None = None) -> Callable:
     """A ScriptedLLM handler: ``assistant(turn, attempt)`` scripts the assistant agent;
-    the user agent says a fixed message and the tool agent answers from ``TOOL_RESULTS``."""
+    the user agent asks a fixed question (and answers questions with a fixed reply) and the
+    tool agent answers from ``TOOL_RESULTS``."""
 
     def handler(request: LLMRequest) -> str:
         if request.role == "user_agent":
+            if len(request.messages) > 1:  # a reply to the assistant's question
+                return "I mean Paris, in France."
             return "Hi! What's the weather and time in Paris, and what should I do?"
         if request.role == "assistant_agent":
             return assistant(*turn_of(request))

@@ -1,0 +1,168 @@
+"""Run-wide near-duplicate detection: MinHash signatures and LSH banding over numpy arrays.
+
+A text is reduced to the set of its word ``shingle``-grams (tokens as in
+:func:`button_ray.quality.tokens`); MinHash estimates the Jaccard similarity of two such
+sets from ``num_perm`` hash minima. LSH splits each signature into ``bands`` bands: two
+texts become candidates when one band is equal, and a candidate counts as a duplicate
+when its estimated similarity is at least ``threshold``.
+
+Memory is small and fixed per indexed text, and bounded by ``capacity``: per text, one
+16-bit hash per permutation (b-bit MinHash: the estimate only loses ``2**-16`` to
+collisions), one 64-bit key per band in a sorted array, and the text's id. Past
+``capacity`` texts, new texts are still checked against the indexed ones but no longer
+added. No Python object is kept per text, so a run of millions of records stays within
+a few hundred MiB (``benchmarks/bench_near_dup.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import NamedTuple
+
+import numpy as np
+
+from button_ray.config import ContentConfig
+from button_ray.quality import tokens
+
+_PRIME = np.uint64(4294967291)  # the largest prime below 2**32
+_MASK32 = (1 << 32) - 1
+#: Band keys held in a dict before they are merged into the sorted arrays: few enough to
+#: be a fixed amount of memory, many enough that merges (linear in the index) are rare.
+_BUFFER = 1 << 15
+#: Longest id kept (bytes of UTF-8); a record id is 16.
+_ID_BYTES = 32
+
+
+def _shingle_hashes(text: str, shingle: int) -> np.ndarray:
+    toks = tokens(text)
+    grams = {" ".join(toks[i : i + shingle]) for i in range(max(1, len(toks) - shingle + 1))}
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(g.encode(), digest_size=4).digest(), "little") for g in grams),
+        dtype=np.uint64,
+        count=len(grams),
+    )
+
+
+class Match(NamedTuple):
+    """The indexed text a new one nearly duplicates."""
+
+    kept_id: str
+    similarity: float
+
+
+class NearDuplicateIndex:
+    """Keep-first near-duplicate detection over a stream of ``(id, text)``."""
+
+    def __init__(
+        self, threshold: float, num_perm: int = 64, bands: int = 16, shingle: int = 3,
+        capacity: int = 1_000_000, seed: int = 0,
+    ) -> None:  # fmt: skip
+        if num_perm % bands:
+            raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
+        self.threshold, self.bands, self.shingle, self.capacity = threshold, bands, shingle, capacity
+        rng = np.random.default_rng(seed)
+        self._a = rng.integers(1, int(_PRIME), num_perm, dtype=np.uint64)
+        self._b = rng.integers(0, int(_PRIME), num_perm, dtype=np.uint64)
+        self._salt = rng.integers(0, 1 << 63, bands, dtype=np.uint64)
+        self._sigs = np.empty((0, num_perm), dtype=np.uint16)
+        self._ids = np.empty(0, dtype=f"S{_ID_BYTES}")
+        self._keys = np.empty(0, dtype=np.uint64)
+        self._slots = np.empty(0, dtype=np.int32)
+        # The newest band keys, until _BUFFER of them are merged into the sorted arrays.
+        self._buffer: dict[int, list[int]] = {}
+        self._buffered = 0
+        self.size = 0
+
+    def signature(self, text: str) -> np.ndarray:
+        """The MinHash signature of ``text`` (``num_perm`` values below 2**32)."""
+        hashes = _shingle_hashes(text, self.shingle)
+        # (a*x + b) mod p over every permutation and shingle: a, x < 2**32, so a*x fits in 64 bits.
+        values = (np.outer(self._a, hashes) + self._b[:, None]) % _PRIME
+        return values.min(axis=1)
+
+    def _band_keys(self, signature: np.ndarray) -> np.ndarray:
+        rows = signature.reshape(self.bands, -1).astype(np.uint64)
+        # One 64-bit key per band, salted by the band's index so equal rows of different
+        # bands do not collide.
+        keys = self._salt.copy()
+        for column in rows.T:
+            keys = (keys ^ column) * np.uint64(0x100000001B3)
+        return keys
+
+    def _candidates(self, keys: np.ndarray) -> np.ndarray:
+        found = []
+        if len(self._keys):
+            pos = np.searchsorted(self._keys, keys)
+            pos = np.minimum(pos, len(self._keys) - 1)
+            hit = self._keys[pos] == keys
+            # Several texts may share a band key: take every slot of the equal run.
+            for p in pos[hit]:
+                end = np.searchsorted(self._keys, self._keys[p], side="right")
+                found.append(self._slots[p:end])
+        recent = [slot for key in keys.tolist() for slot in self._buffer.get(key, ())]
+        if recent:
+            found.append(np.array(recent, dtype=np.int32))
+        return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int32)
+
+    def query(self, text: str) -> tuple[Match | None, np.ndarray]:
+        """The most similar indexed text at or above the threshold (or None), and ``text``'s signature."""
+        signature = self.signature(text)
+        candidates = self._candidates(self._band_keys(signature))
+        if not len(candidates):
+            return None, signature
+        agree = (self._sigs[candidates] == (signature & 0xFFFF).astype(np.uint16)).mean(axis=1)
+        best = int(np.argmax(agree))
+        if agree[best] < self.threshold:
+            return None, signature
+        return Match(self._ids[candidates[best]].decode(), float(agree[best])), signature
+
+    def add(self, record_id: str, text: str) -> Match | None:
+        """The kept text ``text`` nearly duplicates, or None: then ``text`` is kept (indexed
+        while the index holds fewer than ``capacity`` texts)."""
+        match, signature = self.query(text)
+        if match is None and self.size < self.capacity:
+            self._insert(record_id, signature)
+        return match
+
+    def _insert(self, record_id: str, signature: np.ndarray) -> None:
+        slot = self.size
+        if slot == len(self._sigs):
+            grow = min(max(1024, len(self._sigs)), self.capacity - slot)
+            self._sigs = np.concatenate([self._sigs, np.empty((grow, self._sigs.shape[1]), dtype=np.uint16)])
+            self._ids = np.concatenate([self._ids, np.empty(grow, dtype=self._ids.dtype)])
+        self._sigs[slot] = (signature & 0xFFFF).astype(np.uint16)
+        self._ids[slot] = record_id.encode()[:_ID_BYTES]
+        for key in self._band_keys(signature).tolist():
+            self._buffer.setdefault(key, []).append(slot)
+        self._buffered += self.bands
+        self.size += 1
+        if self._buffered >= _BUFFER:
+            self._merge()
+
+    def _merge(self) -> None:
+        pairs = [(key, slot) for key, slots in self._buffer.items() for slot in slots]
+        new_keys = np.fromiter((k for k, _ in pairs), dtype=np.uint64, count=len(pairs))
+        new_slots = np.fromiter((v for _, v in pairs), dtype=np.int32, count=len(pairs))
+        keys = np.concatenate([self._keys, new_keys])
+        slots = np.concatenate([self._slots, new_slots])
+        # A sorted run plus a short one: the stable sort (timsort) merges them in about linear time.
+        order = np.argsort(keys, kind="stable")
+        self._keys, self._slots = keys[order], slots[order]
+        self._buffer.clear()
+        self._buffered = 0
+
+    def nbytes(self) -> int:
+        """Bytes held by the index's arrays (the bounded buffer of recent keys not counted)."""
+        return sum(a.nbytes for a in (self._sigs, self._ids, self._keys, self._slots))
+
+
+def index_for(cfg: ContentConfig) -> NearDuplicateIndex | None:
+    """The index ``cfg`` asks for, or None when near-duplicate detection is off."""
+    if cfg.near_duplicate_threshold is None:
+        return None
+    return NearDuplicateIndex(
+        cfg.near_duplicate_threshold,
+        num_perm=cfg.near_duplicate_permutations,
+        bands=cfg.near_duplicate_bands,
+        capacity=cfg.near_duplicate_capacity,
+    )

@@ -1,0 +1,426 @@
+"""Content rules (``docs/quality.md``): cheap checks of what a record says, not only its shape.
+
+Plain functions over texts, parsed turns and function definitions, with no Ray and no
+LLM, so the same code serves the bottom-up stages (before any simulation is paid for),
+the trajectory filter of a run and ``button-ray filter`` over any BUTTON file. Every
+check returns ``None`` when the content passes, or a short detail saying what broke the
+rule; :func:`trajectory_content_problem` adds the reason code for the ``rejected`` table.
+
+Texts are compared as *tokens*: lowercase words and numbers, a number written any way
+(``1,000``, ``1000``, ``1000.0``, ``3rd``) reduced to one canonical spelling.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import threading
+from collections import Counter
+from typing import Any, Iterator, Sequence
+
+from button_ray.config import ContentConfig
+from button_ray.records import FunctionDef, Turn
+from button_ray.top_down.schema import canonical_types, value_matches
+
+# A number (an ordinal suffix dropped: "3rd" is 3) or a run of letters.
+_TOKEN = re.compile(r"(\d+(?:[.,]\d+)*)(?:(?:st|nd|rd|th)(?![^\W\d_]))?|[^\W\d_]+")
+_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+")
+_STOPWORDS = frozenset(
+    "a an the of for to in on at and or with from by my me i is are be as this that it its your our "
+    "please can you we us".split()
+)
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}  # fmt: skip
+_NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "hundred": "100", "thousand": "1000",
+                      "once": "1", "twice": "2", "single": "1", "double": "2", "couple": "2", "pair": "2",
+                      "dozen": "12"})  # fmt: skip
+_MONTHS = {m: str(i) for i, names in enumerate(
+    ["jan january", "feb february", "mar march", "apr april", "may", "jun june", "jul july", "aug august",
+     "sep sept september", "oct october", "nov november", "dec december"], start=1) for m in names.split()}
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+def canonical_number(value: float | int | str) -> str:
+    """One spelling of a number: ``"1,000"``, ``1000`` and ``1000.0`` all give ``"1000"``."""
+    if isinstance(value, str):
+        value = float(value.replace(",", "") if _THOUSANDS.fullmatch(value) else value.replace(",", "."))
+    number = abs(float(value))
+    return str(int(number)) if number.is_integer() and number < 1e18 else repr(number)
+
+
+def _number_tokens(raw: str) -> list[str]:
+    # "1,000.5" is one number; "3,5" a decimal comma; "1.2.3" (a version, a date) several.
+    if _THOUSANDS.fullmatch(raw) or raw.count(",") + raw.count(".") == 1:
+        return [canonical_number(raw)]
+    return [canonical_number(part) for part in re.split(r"[.,]", raw) if part]
+
+
+def tokens(text: str) -> list[str]:
+    """Lowercase words and canonical numbers of ``text``, in order."""
+    out: list[str] = []
+    for match in _TOKEN.finditer(text):
+        if match.group(1) is not None:
+            out.extend(_number_tokens(match.group(1)))
+        else:
+            out.append(match.group(0).lower())
+    return out
+
+
+def _is_number(token: str) -> bool:
+    return token[:1].isdigit()
+
+
+def _stem(token: str) -> str:
+    # Enough to match "restaurants" to "restaurant" and "cities" to "city"; not a stemmer.
+    if _is_number(token) or len(token) <= 3:
+        return token
+    if token.endswith("ies") and len(token) > 4:
+        return token[:-3] + "y"
+    if token.endswith("s") and not token.endswith("ss"):
+        return token[:-1]
+    return token
+
+
+def _content_words(text: str) -> set[str]:
+    words = [_NUMBER_WORDS.get(t, _stem(t)) for t in tokens(text)]
+    return {w for w in words if w not in _STOPWORDS} or set(words)
+
+
+# ----------------------------------------------------------------------------- degeneration
+
+
+def degeneration(text: str, cfg: ContentConfig) -> str | None:
+    """Why ``text`` is degenerate (a loop, a counter pattern, a repeated sentence), or None.
+
+    In the spirit of the Gopher / NeMo Curator repetition filters, sized for short texts:
+    the share of words inside repeated ``repeat_ngram``-grams, the count of the most common
+    ``pattern_ngram``-gram with every number read as ``#``, and sentences said twice.
+    """
+    words = tokens(text)
+    n = cfg.repeat_ngram
+    if len(words) >= 2 * n:
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        counts = Counter(grams)
+        covered: set[int] = set()
+        for i, gram in enumerate(grams):
+            if counts[gram] > 1:
+                covered.update(range(i, i + n))
+        share = len(covered) / len(words)
+        if share > cfg.max_repeated_share:
+            return f"{share:.0%} of its {len(words)} words lie in repeated {n}-word phrases"
+    shapes = ["#" if _is_number(w) else w for w in words]
+    p = cfg.pattern_ngram
+    if len(shapes) >= p:
+        pattern, count = Counter(tuple(shapes[i : i + p]) for i in range(len(shapes) - p + 1)).most_common(1)[0]
+        if count > cfg.max_pattern_repeats:
+            return f"the pattern {' '.join(pattern)!r} occurs {count} times"
+    seen: set[tuple[str, ...]] = set()
+    for sentence in _SENTENCE_END.split(text):
+        key = tuple(tokens(sentence))
+        if len(key) >= cfg.sentence_min_words:
+            if key in seen:
+                return f"the sentence {sentence.strip()[:80]!r} is said twice"
+            seen.add(key)
+    return None
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def _dialogue_texts(turns: Sequence[Turn]) -> Iterator[tuple[int, str, str]]:
+    """(turn index, what, text) of every prose text of a dialogue and tool-result string."""
+    for i, turn in enumerate(turns):
+        if turn.role == "user":
+            yield i, "user message", turn.content
+        elif turn.role == "assistant":
+            yield i, "thought", turn.thought
+            if turn.final is not None:
+                yield i, "final answer", turn.final
+        else:
+            for result in turn.results:
+                for text in _strings(result):
+                    yield i, "tool result", text
+
+
+# ----------------------------------------------------------------------------- copied turns
+
+
+def copied_turn(turns: Sequence[Turn], cfg: ContentConfig) -> str | None:
+    """The first user message, thought or final answer that repeats an earlier one, or None."""
+    if cfg.copied_turn_similarity is None:
+        return None
+    earlier: list[tuple[int, str, list[str]]] = []
+    for i, what, text in _dialogue_texts(turns):
+        if what == "tool result":
+            continue
+        words = tokens(text)
+        if len(words) < cfg.copied_turn_min_words:
+            continue
+        for j, before_what, before in earlier:
+            ratio = difflib.SequenceMatcher(None, before, words, autojunk=False).ratio()
+            if ratio >= cfg.copied_turn_similarity:
+                return f"turn {i} ({what}) repeats turn {j} ({before_what}), similarity {ratio:.2f}: {text[:80]!r}"
+        earlier.append((i, what, words))
+    return None
+
+
+# ----------------------------------------------------------------------------- grounding
+
+
+class _Context:
+    """What the dialogue has said before a call: user messages and tool results, as tokens."""
+
+    def __init__(self, lenient: bool) -> None:
+        self.lenient = lenient
+        self.texts: list[str] = []  # token sequences joined by spaces, padded
+        self.words: set[str] = set()
+
+    def add_text(self, text: str) -> None:
+        toks = tokens(text)
+        self.texts.append(f" {' '.join(toks)} ")
+        if self.lenient:
+            for tok in toks:
+                self.words.add(_stem(tok))
+                for table in (_NUMBER_WORDS, _MONTHS):
+                    if tok in table:
+                        self.words.add(table[tok])
+        else:
+            self.words.update(toks)
+
+    def add_value(self, value: Any) -> None:
+        if isinstance(value, bool) or value is None:
+            return
+        if isinstance(value, (int, float)):
+            self.add_text(canonical_number(value))
+        elif isinstance(value, str):
+            self.add_text(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                self.add_value(v)
+        elif isinstance(value, list):
+            for v in value:
+                self.add_value(v)
+
+    def grounded(self, text: str, min_overlap: float) -> bool:
+        toks = tokens(text)
+        if not toks:
+            return True
+        if not self.lenient:
+            needle = f" {' '.join(toks)} "
+            return any(needle in haystack for haystack in self.texts)
+        stems = [_stem(t) for t in toks]
+        if len(stems) == 1:
+            return stems[0] in self.words
+        content = [s for s in stems if s not in _STOPWORDS] or stems
+        return sum(s in self.words for s in content) / len(content) >= min_overlap
+
+
+def _exempt(spec: Any) -> bool:
+    return isinstance(spec, dict) and isinstance(spec.get("enum"), list)
+
+
+def _leaves(value: Any, spec: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """(path, value) of every string and number under ``value`` not exempt by its spec."""
+    if _exempt(spec) or isinstance(value, bool) or value is None:
+        return
+    spec = spec if isinstance(spec, dict) else {}
+    if isinstance(value, dict):
+        props = spec.get("properties") if isinstance(spec.get("properties"), dict) else {}
+        for key, v in value.items():
+            yield from _leaves(v, props.get(key), f"{path}.{key}")
+    elif isinstance(value, list):
+        for k, v in enumerate(value):
+            yield from _leaves(v, spec.get("items"), f"{path}[{k}]")
+    elif isinstance(value, (str, int, float)):
+        yield path, value
+
+
+def ungrounded_argument(turns: Sequence[Turn], functions: Sequence[FunctionDef], cfg: ContentConfig) -> str | None:
+    """The first call argument (string or number, nested ones too) that the dialogue did not
+    give before the call, or None (see ``ContentConfig.grounding``)."""
+    if cfg.grounding == "off":
+        return None
+    by_name = {f.name: f for f in functions}
+    context = _Context(lenient=cfg.grounding == "lenient")
+    for i, turn in enumerate(turns):
+        if turn.role == "user":
+            context.add_text(turn.content)
+        elif turn.role == "tool":
+            for result in turn.results:
+                context.add_value(result)
+        for call in turn.calls:
+            params = by_name[call.name].parameters if call.name in by_name else {}
+            for name, value in call.arguments.items():
+                for path, leaf in _leaves(value, params.get(name), f"{call.name}.{name}"):
+                    text = leaf if isinstance(leaf, str) else canonical_number(leaf)
+                    if not context.grounded(text, cfg.grounding_min_overlap):
+                        return f"turn {i}: {path}={leaf!r} does not appear in the dialogue before the call"
+    return None
+
+
+# ----------------------------------------------------------------------------- result conformance
+
+
+def _type_problem(value: Any, spec: Any, path: str) -> str | None:
+    if not isinstance(spec, dict):
+        return None
+    if not value_matches(value, canonical_types(spec)):
+        return f"{path}={str(value)[:60]!r} is not of type {spec.get('type')!r}"
+    props = spec.get("properties")
+    if isinstance(value, dict) and isinstance(props, dict):
+        for key, v in value.items():
+            problem = _type_problem(v, props.get(key), f"{path}.{key}")
+            if problem:
+                return problem
+    if isinstance(value, list) and "items" in spec:
+        for k, v in enumerate(value):
+            problem = _type_problem(v, spec["items"], f"{path}[{k}]")
+            if problem:
+                return problem
+    return None
+
+
+def result_problem(result: dict[str, Any], fn: FunctionDef, mode: str) -> str | None:
+    """How a tool result departs from ``fn``'s declared responses, or None (``mode``:
+    ``ContentConfig.result_conformance``)."""
+    if mode == "off":
+        return None
+    missing = [k for k in fn.responses if k not in result]
+    extra = [k for k in result if k not in fn.responses]
+    if missing or extra:
+        return f"{fn.name}: keys {sorted(result)} are not the declared responses {sorted(fn.responses)}"
+    if mode == "types":
+        for key, value in result.items():
+            problem = _type_problem(value, fn.responses[key], f"{fn.name}.{key}")
+            if problem:
+                return problem
+    return None
+
+
+def _paired_results(turns: Sequence[Turn]) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    calls: tuple[Any, ...] = ()
+    for i, turn in enumerate(turns):
+        if turn.role == "assistant":
+            calls = turn.calls
+        elif turn.role == "tool":
+            for call, result in zip(calls, turn.results):
+                yield i, call.name, result
+
+
+# ----------------------------------------------------------------------------- plan coverage
+
+
+def uncovered_subtask(turns: Sequence[Turn], groups: Sequence[Sequence[FunctionDef]]) -> str | None:
+    """The first sub-task with functions none of which was called, or None."""
+    called = {c.name for t in turns for c in t.calls}
+    for k, group in enumerate(groups, 1):
+        names = [f.name for f in group]
+        if names and not called.intersection(names):
+            return f"sub-task {k}: none of {names} was called"
+    return None
+
+
+# ----------------------------------------------------------------------------- the trajectory rules
+
+
+#: Reason codes of the dialogue rules, in the order they are checked.
+TRAJECTORY_REASONS = (
+    "degenerate_text", "copied_turn", "ungrounded_argument", "nonconforming_result", "uncovered_subtask",
+)  # fmt: skip
+
+
+def trajectory_content_problem(
+    turns: Sequence[Turn],
+    functions: Sequence[FunctionDef],
+    cfg: ContentConfig,
+    groups: Sequence[Sequence[FunctionDef]] | None = None,
+) -> tuple[str, str] | None:
+    """``(reason, detail)`` for the first content rule a dialogue breaks, or None.
+
+    ``turns`` must have passed the structural filter
+    (:func:`button_ray.top_down.filter.trajectory_problem`). ``groups`` are the functions
+    per sub-task; without them (a BUTTON file) plan coverage is skipped.
+    """
+    if cfg.degeneration:
+        for i, what, text in _dialogue_texts(turns):
+            problem = degeneration(text, cfg)
+            if problem:
+                return "degenerate_text", f"turn {i} ({what}): {problem}"
+    problem = copied_turn(turns, cfg)
+    if problem:
+        return "copied_turn", problem
+    problem = ungrounded_argument(turns, functions, cfg)
+    if problem:
+        return "ungrounded_argument", problem
+    by_name = {f.name: f for f in functions}
+    for i, name, result in _paired_results(turns):
+        problem = result_problem(result, by_name[name], cfg.result_conformance) if name in by_name else None
+        if problem:
+            return "nonconforming_result", f"turn {i}: {problem}"
+    if cfg.plan_coverage and groups is not None:
+        problem = uncovered_subtask(turns, groups)
+        if problem:
+            return "uncovered_subtask", problem
+    return None
+
+
+# ----------------------------------------------------------------------------- bottom-up checks
+
+
+def word_jaccard(a: str, b: str) -> float:
+    """Jaccard similarity of two texts' content words (stop words and plurals folded)."""
+    wa, wb = _content_words(a), _content_words(b)
+    return len(wa & wb) / len(wa | wb) if wa or wb else 1.0
+
+
+def near_duplicate_subtasks(subtasks: Sequence[str], max_similarity: float | None) -> str | None:
+    """The first pair of sub-tasks that say nearly the same thing, or None."""
+    if max_similarity is None:
+        return None
+    for i in range(len(subtasks)):
+        for j in range(i + 1, len(subtasks)):
+            similarity = word_jaccard(subtasks[i], subtasks[j])
+            if similarity > max_similarity:
+                return f"sub-tasks {i + 1} and {j + 1} share {similarity:.0%} of their words"
+    return None
+
+
+def first_degenerate(texts: Sequence[tuple[str, str]], cfg: ContentConfig) -> str | None:
+    """``"<what>: <why>"`` for the first degenerate text of ``(what, text)`` pairs, or None."""
+    if not cfg.degeneration:
+        return None
+    for what, text in texts:
+        problem = degeneration(text, cfg)
+        if problem:
+            return f"{what}: {problem}"
+    return None
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def relevance(scenario: str, task: str, model: str = "embedded") -> float:
+    """Cosine similarity of the sentence embeddings of ``scenario`` and ``task``.
+
+    Thread-safe: items of one actor call it from worker threads, and the first calls
+    must not load the model once each.
+    """
+    # The scenario pool's loader: the packaged model, never a hub download.
+    from button_ray.bottom_up.scenarios import load_embedding_model
+
+    with _LOAD_LOCK:
+        encoder = load_embedding_model(model)
+    vectors = encoder.encode([scenario, task], normalize_embeddings=True, convert_to_numpy=True)
+    return float(vectors[0] @ vectors[1])

@@ -1,0 +1,119 @@
+"""Run-wide near-duplicate detection: the MinHash/LSH index and the driver's sink."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from pydantic import ValidationError
+
+from button_ray import near_dup
+from button_ray.config import ContentConfig
+from button_ray.near_dup import NearDuplicateIndex, index_for
+from button_ray.pipeline import ShardSink, shard_items
+from button_ray.records import Scenario, WorkItem
+from button_ray.sink import OutputStore, plan_shards, read_committed
+
+TASK = ("Find a hotel in Lisbon for 3 June 2025 for 2 people, then book the cheapest one with free "
+        "cancellation and send the confirmation to my email address.")  # fmt: skip
+WORDS = [f"w{i}" for i in range(5000)]
+
+
+def random_text(rng: random.Random, n: int = 25) -> str:
+    return " ".join(rng.choices(WORDS, k=n))
+
+
+def test_exact_and_near_duplicates_name_the_kept_text() -> None:
+    index = NearDuplicateIndex(0.8)
+    assert index.add("first", TASK) is None
+    assert index.add("again", TASK) == ("first", 1.0)
+    near = index.add("near", TASK.replace("email address", "email"))  # one 3-gram of 25 changed
+    assert near is not None and near.kept_id == "first" and near.similarity >= 0.8
+    assert index.add("other", "Track my parcel 1Z999 to Oslo and reschedule its delivery for Friday.") is None
+    # Another city and date: the same template, a different task.
+    assert index.add("porto", TASK.replace("Lisbon", "Porto").replace("3 June", "9 July")) is None
+    assert index.size == 3
+
+
+def test_duplicates_are_found_across_merges_and_memory_per_text_is_bounded() -> None:
+    rng = random.Random(0)
+    index = NearDuplicateIndex(0.8)
+    texts = [random_text(rng) for _ in range(5000)]  # past the buffer: several merges into the sorted arrays
+    assert [index.add(f"t{i}", t) for i, t in enumerate(texts)] == [None] * len(texts)
+    for i in (0, 1234, 4999):  # an early one (sorted arrays) and the newest (buffer)
+        assert index.add(f"copy{i}", texts[i]) == (f"t{i}", 1.0)
+    # ~350 bytes a text, and the arrays grow by doubling: at most twice that.
+    assert index.nbytes() / index.size < 2 * 400
+
+
+def test_capacity_bounds_the_index_but_not_the_checks() -> None:
+    rng = random.Random(1)
+    index = NearDuplicateIndex(0.8, capacity=10)
+    texts = [random_text(rng) for _ in range(20)]
+    for i, t in enumerate(texts):
+        assert index.add(f"t{i}", t) is None
+    assert index.size == 10
+    assert index.add("late copy", texts[3]) == ("t3", 1.0)
+    assert index.add("not indexed", texts[15]) is None
+
+
+def test_config() -> None:
+    assert index_for(ContentConfig(near_duplicate_threshold=None)) is None
+    index = index_for(ContentConfig(near_duplicate_permutations=32, near_duplicate_bands=8))
+    assert index is not None and index.bands == 8 and index.threshold == 0.8
+    with pytest.raises(ValidationError, match="multiple"):
+        ContentConfig(near_duplicate_permutations=64, near_duplicate_bands=10)
+    with pytest.raises(ValueError):
+        near_dup.NearDuplicateIndex(0.8, num_perm=64, bands=10)
+
+
+def _emitted_items(shard: str, scenarios: list[Scenario], tasks: list[str]) -> list[WorkItem]:
+    """Emitted items (oracle trajectories) of ``shard`` whose composite tasks are ``tasks``."""
+    from button_ray.top_down import simulate
+    from tests.fakes import ScriptedLLM
+    from tests.oracles.top_down import respond
+    from tests.top_down.helpers import BUNDLE, cfg
+
+    items = [WorkItem.model_validate_json(r["item"]) for r in shard_items("fp", 0, shard, scenarios, 1)]
+    for item, task in zip(items, tasks):
+        item.bundle = BUNDLE.model_copy(
+            update={"composition": BUNDLE.composition.model_copy(update={"composite_task": task})}
+        )
+
+    async def run() -> list[WorkItem]:
+        return await asyncio.gather(*(simulate(i, ScriptedLLM(respond), cfg()) for i in items))
+
+    done = asyncio.run(run())
+    assert all(i.outcome == "emitted" for i in done), [i.rejection for i in done]
+    return done
+
+
+LINEAGE = {"config_fingerprint": "fp", "models": {}, "engine_version": "x", "template_hashes": {}}
+
+
+def test_the_sink_rejects_near_duplicates_also_of_committed_shards(tmp_path) -> None:
+    scenarios = [Scenario(scenario_id=f"s{i}", text=f"Scenario {i}") for i in range(4)]
+    first, second = plan_shards("fp", [s.scenario_id for s in scenarios], 2, slots=1)
+    other = "Check the weather and local time in Oslo, then suggest an activity for the afternoon."
+    store = OutputStore(str(tmp_path / "out"))
+    store.preflight()
+    sink = ShardSink(store, "fp", [first], lineage=LINEAGE, duplicates=NearDuplicateIndex(0.8))
+    a, b = _emitted_items(first.key, scenarios[:2], [TASK, TASK.replace("email address", "email")])
+    sink.add(first.key, a)
+    sink.add(first.key, b)
+    assert a.outcome == "emitted"
+    assert (b.outcome, b.rejection.stage, b.rejection.reason) == ("rejected", "dedup", "near_duplicate")
+    assert a.item_id in b.rejection.detail
+    sink.write_manifest()
+    assert read_committed(str(tmp_path / "out"), "data").column("record_id").to_pylist() == [a.item_id]
+
+    # A resume: the committed tasks are indexed again before new items arrive.
+    resumed = ShardSink(store, "fp", [second], lineage=LINEAGE, duplicates=NearDuplicateIndex(0.8))
+    resumed.markers = store.committed()
+    resumed.index_committed()
+    c, d = _emitted_items(second.key, scenarios[2:], [TASK, other])
+    resumed.add(second.key, c)
+    resumed.add(second.key, d)
+    assert c.rejection is not None and a.item_id in c.rejection.detail
+    assert d.outcome == "emitted"
