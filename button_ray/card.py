@@ -277,7 +277,6 @@ def write_card(uri: str, storage_options: dict[str, Any] | None = None, examples
 def render_inspect(run: RunStats, out: TextIO | None = None) -> None:
     """Print the run's statistics and example dialogues with rich."""
     from rich.console import Console
-    from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
 
@@ -297,7 +296,17 @@ def render_inspect(run: RunStats, out: TextIO | None = None) -> None:
     for row in shape(run):
         compare.add_row(*row)
     console.print(compare)
-    for i, (record_id, messages) in enumerate(run.examples, start=1):
+    render_examples(run.examples, out)
+
+
+def render_examples(examples: list[tuple[str, list[dict[str, str]]]], out: TextIO | None = None) -> None:
+    """Print (record id, BUTTON messages) dialogues with rich, one panel per message."""
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.text import Text
+
+    console = Console(file=out, width=120)
+    for i, (record_id, messages) in enumerate(examples, start=1):
         console.rule(f"example {i}: {record_id}")
         for role, text in dialogue(messages):
             console.print(Panel(Text(text), title=role, title_align="left"))

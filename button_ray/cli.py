@@ -1,4 +1,4 @@
-"""The `button-ray` command: generate, scenarios, export, card, inspect, filter, validate.
+"""The `button-ray` command: generate, plan, scenarios, export, card, inspect, filter, validate.
 
 Configuration problems are reported before Ray or any engine starts, naming the field.
 """
@@ -41,26 +41,81 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _no_engine(exc: Exception, then: str) -> str:
+    return f"button-ray: the job stopped, no engine answered: {exc}; {then}"
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from button_ray import summary
     from button_ray.inputs import InputError
     from button_ray.llm.pool import LLMUnavailableError
     from button_ray.llm.replica import EngineStartError
     from button_ray.pipeline import run_generate
+    from button_ray.plan import TargetError
+    from button_ray.sink import OutputError
+
+    if args.target_accepted is not None and args.num_scenarios is not None:
+        print("button-ray: --target-accepted and --num-scenarios both say how much to run: give one",
+              file=sys.stderr)
+        return 2
+    cfg = _load(args)
+    try:
+        result = run_generate(cfg, limit=args.num_scenarios, target_accepted=args.target_accepted)
+    except (OutputError, InputError, EngineStartError, TargetError) as exc:
+        print(f"button-ray: {exc}", file=sys.stderr)
+        return 2
+    except LLMUnavailableError as exc:
+        print(_no_engine(exc, "committed shards are kept, and the same command resumes the run"), file=sys.stderr)
+        return 3
+    summary.render(result)
+    print(f"output: {cfg.output.uri} (summary.json, manifest.json)")
+    target = result.get("target")
+    if target is not None and not target["reached"]:
+        print(f"button-ray: target not reached: {target['stopped']}", file=sys.stderr)
+        return 1
+    if target is not None:
+        print(f"target reached: {target['committed_accepted']} accepted trajectories committed "
+              f"(asked {target['accepted']})")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from button_ray import plan, summary
+    from button_ray.card import render_examples
+    from button_ray.inputs import InputError
+    from button_ray.llm.pool import LLMUnavailableError
+    from button_ray.llm.replica import EngineStartError
+    from button_ray.pipeline import run_plan
     from button_ray.sink import OutputError
 
     cfg = _load(args)
     try:
-        result = run_generate(cfg, limit=args.num_scenarios)
-    except (OutputError, InputError, EngineStartError) as exc:
+        doc = run_plan(cfg, sample=args.sample, target=args.target, throughput=args.throughput,
+                       examples=args.examples)
+    except (OutputError, InputError, EngineStartError, plan.ClusterFitError) as exc:
         print(f"button-ray: {exc}", file=sys.stderr)
         return 2
     except LLMUnavailableError as exc:
-        print(f"button-ray: the job stopped, no engine answered: {exc}; committed shards are kept, "
-              "and the same command resumes the run", file=sys.stderr)
+        print(_no_engine(exc, "the output was not written to; run the plan again"), file=sys.stderr)
         return 3
-    summary.render(result)
-    print(f"output: {cfg.output.uri} (summary.json, manifest.json)")
+    Console(width=120).print(summary.funnel_table(doc["sample"]["funnel"]))
+    render_examples([(e["record_id"], e["messages"]) for e in doc["sample"]["examples"]])
+    plan.render(doc)
+    print(f"throughput: {doc['throughput_assumption']}")
+    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"plan: {args.out}")
     return 0
 
 
@@ -145,7 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", help="output URI (local path, s3://...); overrides output.uri")
     g.add_argument("--num-scenarios", type=_positive_int, default=None,
                    help="use the first N scenarios (N >= 1; a resume may change it)")
+    g.add_argument("--target-accepted", type=_positive_int, default=None, metavar="T",
+                   help="keep generating, in rounds sized from the measured yield, until T accepted trajectories "
+                        "are committed (the pool: every scenario, up to scenarios.limit)")
     g.set_defaults(fn=cmd_generate)
+
+    pl = sub.add_parser("plan", help="check a config against the cluster, run a small sample, and estimate what a "
+                                     "target number of accepted trajectories costs")
+    common(pl)
+    pl.add_argument("--output", help="the output the run would write (checked like generate checks it; the sample "
+                                     "never writes there)")
+    pl.add_argument("--sample", type=_positive_int, default=4, metavar="N",
+                    help="scenarios to sample, at the configured slots each (default: 4)")
+    pl.add_argument("--target", type=_positive_int, default=None, metavar="T",
+                    help="accepted trajectories to estimate the cost of")
+    pl.add_argument("--throughput", type=_positive_float, default=None, metavar="TOK_S",
+                    help="completion tokens/s per replica to plan with instead of the sample's (e.g. a GPU's, "
+                         "for a plan sampled on CPU)")
+    pl.add_argument("--examples", type=int, default=3, metavar="N", help="accepted records to print (default: 3)")
+    pl.add_argument("--out", default="plan.json", help="where to write the plan (default: plan.json)")
+    pl.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("scenarios", help="extract, expand and deduplicate a scenario pool")
     common(s)

@@ -580,6 +580,11 @@ class PoolConfig(_Config):
         return self
 
 
+#: CPUs the item source's one Ray Data task reserves (button_ray/pipeline.py): a sliver,
+#: so replicas that reserve every core never starve it.
+ITEM_SOURCE_CPUS = 0.05
+
+
 class RuntimeConfig(_Config):
     """How the work is spread over Ray; changes speed, never outputs."""
 

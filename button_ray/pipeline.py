@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Iterator
@@ -29,12 +30,25 @@ import numpy as np
 import ray
 
 from button_ray import summary as summ
-from button_ray.card import write_card
-from button_ray.config import MethodConfig, RunConfig
+from button_ray.card import collect, write_card
+from button_ray.config import ITEM_SOURCE_CPUS, MethodConfig, OutputConfig, RunConfig
 from button_ray.inputs import input_options, read_scenarios
 from button_ray.llm.pool import LLMUnavailableError, PoolClient
 from button_ray.llm.replica import Pools, start_pools, stop_pools
 from button_ray.near_dup import NearDuplicateIndex, index_for
+from button_ray.plan import (
+    ClusterFitError,
+    TargetError,
+    cluster_fit,
+    estimate,
+    expected_shortfall,
+    measure,
+    plan_document,
+    pool_shortfall,
+    resource_demand,
+    round_scenarios,
+    throughput_assumption,
+)
 from button_ray.prompts import template_hashes
 from button_ray.records import (
     ACCEPTED_SCHEMA,
@@ -46,7 +60,7 @@ from button_ray.records import (
     stable_id,
     to_table,
 )
-from button_ray.sink import OutputStore, ShardPlan, covered_scenarios, plan_shards, redact
+from button_ray.sink import OutputStore, ShardPlan, covered_scenarios, iter_committed, plan_shards, redact
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +255,7 @@ class ItemSource:
             batch_size=1,
             batch_format="numpy",
             compute=one_task,
-            num_cpus=0.05,
+            num_cpus=ITEM_SOURCE_CPUS,
         )
         # Streaming repartition: a shard's items leave as blocks of 1-4 rows, so each
         # stage task still carries a few rows.
@@ -256,7 +270,7 @@ class ItemSource:
         if not isinstance(expand, MapBatches):
             raise RuntimeError(f"unexpected Ray Data plan after repartition(): {split!r}")
         for op in (expand, split):
-            op.ray_remote_args.update(num_cpus=0.05, _generator_backpressure_num_objects=2 * max(window, 1))
+            op.ray_remote_args.update(num_cpus=ITEM_SOURCE_CPUS, _generator_backpressure_num_objects=2 * max(window, 1))
         object.__setattr__(split, "compute", one_task)
         return ds
 
@@ -290,12 +304,14 @@ class ShardSink:
 
     With ``duplicates`` (a :class:`~button_ray.near_dup.NearDuplicateIndex`), an emitted
     item whose composite task nearly duplicates one emitted before in the run is rejected
-    here (stage ``dedup``): the driver is the one place that sees every item.
+    here (stage ``dedup``): the driver is the one place that sees every item. With
+    ``target_accepted``, :attr:`reached` turns true at the commit that brings the
+    committed accepted trajectories to the target.
     """
 
     def __init__(self, store: OutputStore, fingerprint: str, plans: list[ShardPlan],
                  lineage: dict[str, Any], manifest_interval_s: float = 30.0,
-                 duplicates: NearDuplicateIndex | None = None) -> None:
+                 duplicates: NearDuplicateIndex | None = None, target_accepted: int | None = None) -> None:
         self.store = store
         self.duplicates = duplicates
         self.fingerprint = fingerprint
@@ -305,6 +321,16 @@ class ShardSink:
         self.markers: dict[str, dict[str, Any]] = {}
         self.manifest_interval_s = manifest_interval_s
         self._manifest_at = time.monotonic()
+        self.target_accepted = target_accepted
+        self.reached = False
+
+    def add_plans(self, plans: list[ShardPlan]) -> None:
+        """Expect the items of more shards (the next round of a run to a target)."""
+        self.plans.update((p.key, p) for p in plans)
+
+    def accepted(self) -> int:
+        """Accepted trajectories in the committed shards."""
+        return sum(m["stats"]["emitted"] for m in self.markers.values())
 
     def add(self, shard: str, item: WorkItem) -> bool:
         """Take one finished item; False if it was delivered before (it is ignored)."""
@@ -363,6 +389,8 @@ class ShardSink:
             stats,
         )
         self.markers[plan.key] = marker
+        if self.target_accepted is not None and not self.reached:
+            self.reached = self.accepted() >= self.target_accepted
         if time.monotonic() - self._manifest_at > self.manifest_interval_s:
             self.write_manifest()
 
@@ -401,43 +429,122 @@ def _recorded_config(cfg: RunConfig) -> dict[str, Any]:
     return recorded
 
 
-def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Preflight:
+    """What a run checks before it claims its output (``generate`` and ``plan`` alike)."""
+
+    fingerprint: str
+    template_hashes: dict[str, str]
+    store: OutputStore
+    scenarios: list[Scenario]
+
+
+def preflight(cfg: RunConfig, limit: int | None = None) -> Preflight:
+    """The config's fingerprint, a probe written to the output, the input read whole.
+
+    A problem fails here with one sentence (an OutputError or InputError), before the
+    output is claimed and before Ray starts. ``limit`` (else ``scenarios.limit``) keeps
+    the first scenarios.
+    """
+    hashes = template_hashes()
+    store = OutputStore(cfg.output.uri, cfg.output.storage_options)
+    store.preflight()
+    scenarios = read_scenarios(cfg.scenarios, limit, input_options(cfg.scenarios, cfg.output.storage_options))
+    return Preflight(cfg.fingerprint(hashes), hashes, store, scenarios)
+
+
+def next_shards(cfg: RunConfig, fingerprint: str, scenario_ids: list[str], markers: dict[str, dict[str, Any]],
+                target_accepted: int | None = None) -> list[ShardPlan]:
+    """The shards a run starts next, given the committed ``markers``: every requested
+    scenario not committed yet, or, towards a target, the next round of them
+    (:func:`button_ray.plan.round_scenarios`). [] when there is nothing left to do,
+    also when the committed items accepted none (no number of rounds would reach a target).
+    """
+    slots, shard_size = cfg.method.atomic_tasks_per_scenario, cfg.output.shard_size
+    covered = covered_scenarios(markers.values())
+    pending = [sid for sid in scenario_ids if sid not in covered]
+    if target_accepted is not None:
+        stats = summ.merge(m["stats"] for m in markers.values())
+        if stats["items"] and not stats["emitted"]:
+            return []
+        pending = pending[: round_scenarios(target_accepted, stats["emitted"], stats["items"], slots, shard_size)]
+    return plan_shards(fingerprint, pending, shard_size, slots)
+
+
+def _target_outcome(target: int, stats: dict[str, Any], pool: list[str], covered: set[str],
+                    rounds: int) -> dict[str, Any]:
+    """The ``target`` entry of summary.json: reached or not, and why a run stopped short."""
+    reached = stats["emitted"] >= target
+    stopped = None
+    if not reached and stats["items"] and not stats["emitted"]:
+        stopped = (f"none of the {stats['items']} committed items was accepted, so no number of scenarios reaches "
+                   "the target; read the funnel in summary.json and fix the config (a new config needs a new output)")
+    elif not reached:
+        stopped = (f"the scenario pool ran out: its {len(pool)} scenarios gave {stats['emitted']} of the {target} "
+                   f"accepted trajectories asked ({len(set(pool) - covered)} scenarios not run); grow the scenario "
+                   "source (button-ray scenarios) and run the same command again")
+    return {"accepted": target, "committed_accepted": stats["emitted"], "reached": reached, "rounds": rounds,
+            "stopped": stopped}
+
+
+def run_generate(cfg: RunConfig, limit: int | None = None, target_accepted: int | None = None) -> dict[str, Any]:
     """Run (or resume) one generation job; return the summary written to summary.json.
 
     Everything that can be checked is checked before the output is claimed: the output
     is writable and the input is read whole. A resume skips the scenarios of committed
     shards; ``limit`` (or ``scenarios.limit``) and the shard size change what is pending,
     never what is committed.
+
+    With ``target_accepted`` the run works in rounds until that many accepted
+    trajectories are committed (the pool is every scenario, up to ``scenarios.limit``):
+    each round is sized from the yield of the committed shards
+    (:func:`button_ray.plan.round_scenarios`), and the stream stops at the commit that
+    reaches the target, so the run passes it by less than one shard's items. A pool too
+    small to give the target even if every item were accepted fails up front
+    (:class:`~button_ray.plan.TargetError`).
     """
     started = time.monotonic()
-    hashes = template_hashes()
-    fingerprint = cfg.fingerprint(hashes)
-
-    store = OutputStore(cfg.output.uri, cfg.output.storage_options)
-    store.preflight()
-    scenarios = read_scenarios(cfg.scenarios, limit, input_options(cfg.scenarios, cfg.output.storage_options))
+    pre = preflight(cfg, limit)
+    slots = cfg.method.atomic_tasks_per_scenario
+    if target_accepted is not None and (short := pool_shortfall(target_accepted, len(pre.scenarios), slots)):
+        raise TargetError(short)
+    store, fingerprint = pre.store, pre.fingerprint
     resuming = store.claim(fingerprint, _recorded_config(cfg))
 
-    slots = cfg.method.atomic_tasks_per_scenario
     committed = store.committed()
-    requested = [s.scenario_id for s in scenarios]
-    pending = plan_shards(fingerprint, requested, cfg.output.shard_size, slots, covered_scenarios(committed.values()))
-    if resuming:
-        done = len(requested) - sum(len(p.scenario_ids) for p in pending)
-        print(f"[button-ray] resuming {cfg.output.uri}: {done} of {len(requested)} scenarios already committed "
-              f"({len(committed)} shards)", flush=True)
-
+    requested = [s.scenario_id for s in pre.scenarios]
     # Every committed shard stays in the manifest, also those beyond this run's limit.
-    sink = ShardSink(store, fingerprint, pending, lineage={}, duplicates=index_for(cfg.method.content))
+    sink = ShardSink(store, fingerprint, [], lineage={}, duplicates=index_for(cfg.method.content),
+                     target_accepted=target_accepted)
     sink.markers = dict(committed)
-    progress = summ.Progress(sum(p.items for p in pending), cfg.runtime.progress_interval_s)
-    replica_metrics: dict[str, Any] = {}
+    covered = covered_scenarios(committed.values()) & set(requested)
+    if resuming:
+        print(f"[button-ray] resuming {cfg.output.uri}: {len(covered)} of {len(requested)} scenarios already "
+              f"committed ({len(committed)} shards, {sink.accepted()} accepted trajectories)", flush=True)
+    if target_accepted is not None:
+        stats = summ.merge(m["stats"] for m in committed.values())
+        warning = expected_shortfall(target_accepted, stats["emitted"], stats["items"],
+                                     (len(requested) - len(covered)) * slots)
+        if warning:
+            print(f"[button-ray] {warning}", flush=True)
+
+    def next_round() -> list[ShardPlan]:
+        plans = next_shards(cfg, fingerprint, requested, sink.markers, target_accepted)
+        if target_accepted is not None and plans:
+            print(f"[button-ray] round: {sum(len(p.scenario_ids) for p in plans)} scenarios "
+                  f"({sum(p.items for p in plans)} items) for the {target_accepted - sink.accepted()} accepted "
+                  f"trajectories still missing of {target_accepted}", flush=True)
+        return plans
+
+    pending = next_round()
+    progress = summ.Progress(0, cfg.runtime.progress_interval_s)
+    ran: dict[str, Any] = {"replicas": {}, "engine_start_s": 0.0, "stream_time_s": 0.0, "rounds": 0}
     if pending:
         # _SUCCESS describes the run that wrote it; this one has work left.
         store.remove("_SUCCESS")
         sink.index_committed()
         try:
-            replica_metrics = _run_pending(cfg, fingerprint, hashes, pending, scenarios, sink, progress)
+            ran = _run_rounds(cfg, pre, pending, next_round, sink, progress)
         except BaseException:
             # Shards committed since the last manifest stay visible to readers.
             try:
@@ -449,12 +556,20 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
     sink.write_manifest()
     whole = summ.merge(m["stats"] for m in sink.markers.values())
     result = summ.build_summary(whole, time.monotonic() - started, progress.stats)
-    result.update({"fingerprint": fingerprint, "output": cfg.output.uri,
-                   "shards": len(sink.markers), "resumed": resuming, "replicas": replica_metrics})
+    result.update({"fingerprint": fingerprint, "output": cfg.output.uri, "shards": len(sink.markers),
+                   "resumed": resuming, "replicas": ran["replicas"], "engine_start_s": ran["engine_start_s"],
+                   "stream_time_s": ran["stream_time_s"]})
+    covered = covered_scenarios(sink.markers.values())
+    success: dict[str, Any] = {"fingerprint": fingerprint, "shards": len(sink.markers), "scenarios": len(requested)}
+    if target_accepted is None:
+        done = set(requested) <= covered
+    else:
+        result["target"] = _target_outcome(target_accepted, whole, requested, covered, ran["rounds"])
+        done = result["target"]["reached"]
+        success.update(target_accepted=target_accepted, accepted=whole["emitted"])
     store.write_json("summary.json", result)
-    if set(requested) <= covered_scenarios(sink.markers.values()):
-        store.write_json("_SUCCESS", {"fingerprint": fingerprint, "shards": len(sink.markers),
-                                      "scenarios": len(requested)})
+    if done:
+        store.write_json("_SUCCESS", success)
     try:
         write_card(cfg.output.uri, cfg.output.storage_options)
     except Exception as exc:  # noqa: BLE001 - the records are committed; a card can be written later
@@ -463,27 +578,42 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
     return result
 
 
-def _run_pending(cfg: RunConfig, fingerprint: str, hashes: dict[str, str], pending: list[ShardPlan],
-                 scenarios: list[Scenario], sink: ShardSink, progress: summ.Progress) -> dict[str, Any]:
-    """Start Ray and the engines, stream the pending shards into ``sink``; the replicas' metrics."""
+def _run_rounds(cfg: RunConfig, pre: Preflight, plans: list[ShardPlan], next_round: Callable[[], list[ShardPlan]],
+                sink: ShardSink, progress: summ.Progress) -> dict[str, Any]:
+    """Start Ray and the engines once; stream ``plans`` into ``sink``, then every round
+    ``next_round`` gives, until it gives none or the sink reaches its target.
+
+    Returns the replicas' metrics by pool, the engines' start time, the time from the
+    engines up to the end of the last round, and the number of rounds.
+    """
     _init_ray(cfg)
+    begun = time.monotonic()
     pools, infos = start_pools(cfg.pools)
     engines_up = time.monotonic()
     progress.probe = lambda: _engine_activity(pools, engines_up)
     progress.start_heartbeat()
+    scenarios = {s.scenario_id: s for s in pre.scenarios}
+    rounds = 0
     try:
         sink.lineage = {
-            "config_fingerprint": fingerprint,
+            "config_fingerprint": pre.fingerprint,
             "models": {role: infos[p.name]["model"] for p in cfg.pools for role in p.roles},
             "engine_version": next(iter(infos.values()))["engine_version"],
-            "template_hashes": hashes,
+            "template_hashes": pre.template_hashes,
         }
-        source = ItemSource(shard_rows(pending, {s.scenario_id: s for s in scenarios}),
-                            fingerprint, cfg.seed, cfg.method.atomic_tasks_per_scenario,
-                            max(p.items for p in pending))
-        _stream(cfg, pools, source, sink, progress)
+        while plans:
+            rounds += 1
+            sink.add_plans(plans)
+            progress.total += sum(p.items for p in plans)
+            source = ItemSource(shard_rows(plans, scenarios), pre.fingerprint, cfg.seed,
+                                cfg.method.atomic_tasks_per_scenario, max(p.items for p in plans))
+            _stream(cfg, pools, source, sink, progress)
+            plans = [] if sink.reached else next_round()
         progress.maybe_print(force=True)
-        return {name: ray.get([h.metrics.remote() for h in handles]) for name, (_, handles) in pools.items()}
+        return {"replicas": {name: ray.get([h.metrics.remote() for h in handles])
+                             for name, (_, handles) in pools.items()},
+                "engine_start_s": engines_up - begun, "stream_time_s": time.monotonic() - engines_up,
+                "rounds": rounds}
     finally:
         progress.stop_heartbeat()
         # The engines end with the job, also when it fails (e.g. storage gone).
@@ -535,22 +665,109 @@ def _stream(cfg: RunConfig, pools: Pools, source: ItemSource,
         lot, arrived = max(1, window // 16), 0
         for batch in batches:
             for raw, shard in zip(batch["item"], batch["shard"]):
+                if sink.reached:
+                    break
                 item = WorkItem.model_validate_json(raw)
                 if sink.add(str(shard), item):
                     progress.update(item)
                 arrived += 1
+            if sink.reached:
+                # The target is committed: the items still in flight are not needed.
+                break
             if arrived >= lot:
                 gate.deliver.remote(arrived)
                 arrived = 0
         gate_stats = ray.get(gate.stats.remote())
     finally:
-        # On an error (a failed commit) stop the stream now: its actors are released
-        # instead of working on for a job that has ended.
+        # On an error (a failed commit), or once the target is committed, stop the stream
+        # now: its actors are released instead of working on for a job that has ended.
         close = getattr(batches, "close", None)
         if close is not None:
             close()
         ray.kill(gate, no_restart=True)
     missing = sink.missing()
-    if missing:
+    if missing and not sink.reached:
         raise RuntimeError(f"stream ended with incomplete shards (shard: items missing): {missing}")
     return gate_stats
+
+
+def _item_costs(uri: str) -> dict[str, list[int]]:
+    """Whether each committed item of the run at ``uri`` was accepted (1 or 0), and its
+    LLM calls and tokens."""
+    columns = ["llm_calls", "prompt_tokens", "completion_tokens"]
+    costs: dict[str, list[int]] = {c: [] for c in ["accepted", *columns]}
+    store = OutputStore(uri)
+    for table in ("data", "rejected"):
+        for batch in iter_committed(store, table, columns):
+            costs["accepted"] += [int(table == "data")] * batch.num_rows
+            for c in columns:
+                costs[c] += batch.column(c).to_pylist()
+    return costs
+
+
+def run_plan(cfg: RunConfig, sample: int = 4, target: int | None = None, throughput: float | None = None,
+             examples: int = 3) -> dict[str, Any]:
+    """``button-ray plan``: the plan document (what plan.json holds).
+
+    Checks what ``generate`` checks before it claims the output (the config, a probe
+    written to the output, the input read whole, an output of another config refused),
+    then whether the cluster can hold every replica and stage actor at once
+    (a :class:`~button_ray.plan.ClusterFitError` before any engine starts). Then runs
+    the first ``sample`` scenarios on the configured pools into a temporary output
+    (never the user's), and measures and estimates from it (:mod:`button_ray.plan`).
+    """
+    pre = preflight(cfg)
+    existing = pre.store.check_claim(pre.fingerprint)
+    slots = cfg.method.atomic_tasks_per_scenario
+    notes = []
+    short = pool_shortfall(target, len(pre.scenarios), slots) if target is not None else None
+    if short:
+        notes.append(short)
+        print(f"[button-ray] {short}", flush=True)
+    _init_ray(cfg)
+    demand = resource_demand(cfg)
+    misfit = cluster_fit(demand, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    if misfit:
+        raise ClusterFitError(misfit)
+    cluster = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+    n = min(sample, len(pre.scenarios))
+    with tempfile.TemporaryDirectory(prefix="button-ray-plan-") as tmp:
+        uri = os.path.join(tmp, "sample")
+        # The sample reads the input as the run would, also when that borrows the output's options.
+        sample_cfg = cfg.model_copy(update={
+            "scenarios": cfg.scenarios.model_copy(
+                update={"storage_options": input_options(cfg.scenarios, cfg.output.storage_options)}),
+            "output": OutputConfig(uri=uri, shard_size=n),
+        })
+        print(f"[button-ray] plan: sampling {n} scenarios x {slots} slots on the configured pools into {uri}",
+              flush=True)
+        summary = run_generate(sample_cfg, limit=n)
+        costs = _item_costs(uri)
+        shown = collect(uri, examples=examples).examples
+    measured = measure(summary, costs, cfg.pools, summary["replicas"])
+    est = estimate(measured, target, slots, len(pre.scenarios), throughput) if target is not None else None
+    if not measured["accepted"]:
+        notes.append(f"the sample accepted none of its {measured['items']} items: the cost per accepted trajectory "
+                     "is unbounded; read the funnel, or sample more scenarios (--sample)")
+    if est is not None and not est["scenario_pool"]["enough"] and not short:
+        notes.append(f"at the sample's yield ({measured['accepted_per_item']:.2f} accepted per item) {target} accepted "
+                     f"trajectories need about {est['scenarios_needed']['expected']} scenarios, and the pool holds "
+                     f"{len(pre.scenarios)}")
+    if not any(p.num_gpus for p in cfg.pools):
+        notes.append("the pools use no GPU: estimated_gpu_hours is 0, and the replica-hours are CPU replica-hours")
+    notes.append(f"estimated_wall_hours excludes the engines' start ({summary['engine_start_s']:.0f} s in the sample)")
+    return plan_document(
+        measured, est,
+        config_fingerprint=pre.fingerprint,
+        models={p.name: p.engine.model for p in cfg.pools},
+        output={"uri": cfg.output.uri, "resumes": bool(existing) and existing.get("fingerprint") == pre.fingerprint},
+        cluster={"resources": cluster,
+                 "demand": [{"what": what, "each": res, "count": count} for what, res, count in demand]},
+        throughput_assumption=throughput_assumption(measured, throughput, cluster, (p.engine.model for p in cfg.pools)),
+        sample={"scenarios": n, "items": summary["items"], "accepted": summary["emitted"],
+                "rejected": summary["rejected"], "failed": summary["failed"], "funnel": summary["funnel"],
+                "wall_time_s": summary["wall_time_s"], "engine_start_s": summary["engine_start_s"],
+                "stream_time_s": summary["stream_time_s"],
+                "examples": [{"record_id": rid, "messages": messages} for rid, messages in shown]},
+        notes=notes,
+    )

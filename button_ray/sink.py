@@ -265,6 +265,20 @@ class OutputStore:
         except Exception as exc:  # noqa: BLE001 - any failure means "cannot write here"
             raise OutputError(describe_storage_error(exc, self.uri, self.storage_options)) from exc
 
+    def check_claim(self, fingerprint: str) -> dict[str, Any] | None:
+        """What :meth:`claim` would find, without writing: the earlier run's record
+        (``_run.json``), or None for a new output. An OutputError when the output holds
+        committed records of another config.
+        """
+        existing = self._read_json("_run.json")
+        if existing is not None and existing.get("fingerprint") != fingerprint and self.committed():
+            raise OutputError(
+                f"output {self.uri!r} holds committed records of config fingerprint "
+                f"{existing.get('fingerprint')} but this config's fingerprint is {fingerprint}; resume with "
+                "the same config, or pass a new --output"
+            )
+        return existing
+
     def claim(self, fingerprint: str, config: dict[str, Any]) -> bool:
         """Record this run's fingerprint, or check it matches; True when resuming.
 
@@ -272,16 +286,10 @@ class OutputStore:
         input was wrong) takes the new config: only committed records tie an output to
         a config.
         """
-        existing = self._read_json("_run.json")
+        existing = self.check_claim(fingerprint)
         if existing is not None and existing.get("fingerprint") == fingerprint:
             return True
         if existing is not None:
-            if self.committed():
-                raise OutputError(
-                    f"output {self.uri!r} holds committed records of config fingerprint "
-                    f"{existing.get('fingerprint')} but this config's fingerprint is {fingerprint}; resume with "
-                    "the same config, or pass a new --output"
-                )
             print(f"[button-ray] {self.uri}: an earlier attempt with config fingerprint "
                   f"{existing.get('fingerprint')} committed nothing; starting over with fingerprint {fingerprint}",
                   flush=True)

@@ -7,6 +7,8 @@ function (a script). It records every request so tests can assert on what was se
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from typing import Callable
 
 from button_ray.llm.contract import LLMRequest, LLMResponse
@@ -62,6 +64,8 @@ class OracleEngine:
     - ``latency_by_request``: {request id: seconds} overriding ``latency_s`` (a slow or
       hung request among normal ones);
     - ``garbage``: answer every request with unparseable text;
+    - ``judge_no_share``: the judge says no to about this share of the items (chosen by
+      a hash of the item id, so the same items every run): a yield below 1;
     - ``fail_start``: the engine never starts (constructor-time failure);
     - ``start_latency_s``: seconds the engine takes to start (a model loading);
     - ``restart_latency_s``: the same, only in a restarted replica actor;
@@ -142,10 +146,16 @@ class OracleEngine:
 
         if self.extra.get("garbage"):
             return "I am not sure what you mean."
+        if request.role == "composition_filter" and self._judged_no(request.request_id.split("/")[0]):
+            return json.dumps({"reasoning": "The sub-tasks do not add up to the composite task.", "verdict": "no"})
         text = bottom_up.respond(request) or top_down.respond(request)
         if text is None:
             raise AssertionError(f"no oracle answers role {request.role}")
         return text
+
+    def _judged_no(self, item_id: str) -> bool:
+        share = float(self.extra.get("judge_no_share", 0.0))
+        return share > 0 and int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) / 16**8 < share
 
     def metrics(self) -> dict:
         return {"requests": self.requests, "affinity_keys": sorted(self.affinity_keys),
