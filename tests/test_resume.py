@@ -88,15 +88,7 @@ def test_success_marker_is_removed_when_a_resume_with_pending_work_fails(ray_loc
 def test_shards_committed_before_a_failure_are_in_the_manifest(ray_local, tmp_path, monkeypatch):
     uri = str(tmp_path / "run")
     run = h.cfg(uri, n=6, shard_size=2, slots=1, in_flight=1)
-    real_commit, commits = OutputStore.commit_shard, []
-
-    def commit_twice_then_fail(self, plan, *args, **kwargs):
-        if len(commits) == 2:
-            raise RuntimeError("scripted commit failure")
-        commits.append(plan.key)
-        return real_commit(self, plan, *args, **kwargs)
-
-    monkeypatch.setattr(OutputStore, "commit_shard", commit_twice_then_fail)
+    commits = h.fail_commits_after(monkeypatch, 2)
     with pytest.raises(Exception, match="scripted commit failure"):
         run_generate(run)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())

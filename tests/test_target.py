@@ -68,16 +68,9 @@ def test_the_stream_stops_at_the_commit_that_reaches_the_target(ray_local, tmp_p
 def test_a_run_to_a_target_resumes_exactly_once(ray_local, tmp_path, monkeypatch):
     uri = str(tmp_path / "run")
     run = h.cfg(uri, n=40, shard_size=2, slots=2, in_flight=2, judge_no_share=0.5)
-    real_commit, commits = OutputStore.commit_shard, []
-
-    def fail_in_the_second_round(self, plan, *args, **kwargs):
-        # Round 1 is 8 scenarios (16 items at most 16 accepted): 4 shards of 2.
-        if len(commits) == 4:
-            raise RuntimeError("scripted commit failure")
-        commits.append(plan.key)
-        return real_commit(self, plan, *args, **kwargs)
-
-    monkeypatch.setattr(OutputStore, "commit_shard", fail_in_the_second_round)
+    # Round 1 is 8 scenarios, 4 shards of 2 (16 items, fewer than 16 accepted): the
+    # first commit of round 2 fails.
+    h.fail_commits_after(monkeypatch, 4)
     with pytest.raises(Exception, match="scripted commit failure"):
         run_generate(run, target_accepted=16)
     monkeypatch.undo()

@@ -106,6 +106,23 @@ def marker_count(fs, root: str) -> int:
         return 0
 
 
+def fail_commits_after(monkeypatch: Any, n: int) -> list[str]:
+    """Let ``OutputStore.commit_shard`` commit ``n`` shards, then fail every further commit
+    ("scripted commit failure"). Returns the committed shards' keys, filled as they commit."""
+    from button_ray.sink import OutputStore
+
+    real_commit, commits = OutputStore.commit_shard, []
+
+    def commit_then_fail(self: OutputStore, plan: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(commits) == n:
+            raise RuntimeError("scripted commit failure")
+        commits.append(plan.key)
+        return real_commit(self, plan, *args, **kwargs)
+
+    monkeypatch.setattr(OutputStore, "commit_shard", commit_then_fail)
+    return commits
+
+
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
