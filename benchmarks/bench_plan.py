@@ -66,24 +66,29 @@ def main() -> None:
 
     t0 = time.monotonic()
     plan = run_plan(cfg, sample=args.sample, target=args.target, examples=0)
-    plan_s = time.monotonic() - t0
-    t1 = time.monotonic()
-    summary = run_generate(cfg, target_accepted=args.target)
-    job_s = time.monotonic() - t1
+    results: dict[str, Any] = {"comparison": None, "plan": plan, "plan_s": time.monotonic() - t0}
+    # A job the plan says cannot end (nothing accepted, or too few scenarios) is not run.
+    runnable = plan["items_needed"] is not None and plan["scenario_pool"]["enough"]
+    if runnable:
+        t1 = time.monotonic()
+        summary = run_generate(cfg, target_accepted=args.target)
+        results.update(job_s=time.monotonic() - t1, job_summary=summary,
+                       comparison=compare(plan, summary, sum(p.replicas for p in cfg.pools)))
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)
 
-    rows = compare(plan, summary, sum(p.replicas for p in cfg.pools))
-    print(table(["quantity", "predicted", "95% low", "95% high", "measured", "inside"],
-                [[r["quantity"], r["predicted"], r["low"], r["high"], r["measured"], r["inside"]] for r in rows]))
-    print(f"plan {plan_s:.0f} s (sample of {plan['sample']['items']} items, {plan['sample']['accepted']} accepted); "
-          f"job {job_s:.0f} s in {summary['target']['rounds']} rounds, engine start {summary['engine_start_s']:.0f} s")
+    if runnable:
+        print(table(["quantity", "predicted", "95% low", "95% high", "measured", "inside"],
+                    [[r["quantity"], r["predicted"], r["low"], r["high"], r["measured"], r["inside"]]
+                     for r in results["comparison"]]))
+        print(f"plan {results['plan_s']:.0f} s (sample of {plan['sample']['items']} items, "
+              f"{plan['sample']['accepted']} accepted); job {results['job_s']:.0f} s in "
+              f"{summary['target']['rounds']} rounds, engine start {summary['engine_start_s']:.0f} s")
+    else:
+        print(f"[bench_plan] not running the job: {'; '.join(plan['notes'])}")
     path = write_result("bench_plan", {"config": args.config, "sample": args.sample, "target": args.target,
-                                       "overrides": args.overrides},
-                        {"comparison": rows, "plan": plan, "plan_s": plan_s, "job_s": job_s,
-                         "job_summary": summary}, started)
+                                       "overrides": args.overrides}, results, started)
     print(f"[bench_plan] wrote {path}")
-
 
 if __name__ == "__main__":
     main()

@@ -213,6 +213,10 @@ def measure(summary: dict[str, Any], items: dict[str, Sequence[int]], pools: Seq
         "items": n, "accepted": accepted, "rejected": summary["rejected"], "failed": summary["failed"],
         "accepted_per_item": accepted / n if n else 0.0,
         "accepted_per_item_range": [low, high],
+        # Per item, accepted or not: defined also when the sample accepted nothing.
+        "llm_calls_per_item": _div(sum(items["llm_calls"]), n),
+        "tokens_per_item": _div(sum(totals), n),
+        "completion_tokens_per_item": _div(sum(items["completion_tokens"]), n),
         "llm_calls_per_accepted": per_accepted(items["llm_calls"], flags),
         "tokens_per_accepted": per_accepted(totals, flags),
         "prompt_tokens_per_accepted": per_accepted(items["prompt_tokens"], flags),
@@ -317,6 +321,7 @@ def plan_document(measured: dict[str, Any], est: dict[str, Any] | None, **contex
         "tokens_per_accepted": measured["tokens_per_accepted"]["expected"],
         "prompt_tokens_per_accepted": measured["prompt_tokens_per_accepted"]["expected"],
         "completion_tokens_per_accepted": measured["completion_tokens_per_accepted"]["expected"],
+        **{k: measured[k] for k in ("llm_calls_per_item", "tokens_per_item", "completion_tokens_per_item")},
         "prefix_cache_hit_rate": measured["prefix_cache_hit_rate"],
         "by_role_per_accepted": measured["by_role"],
         "pools": measured["pools"],
@@ -362,6 +367,9 @@ def render(doc: dict[str, Any], out: TextIO | None = None) -> None:
                        ("completion_tokens_per_accepted", "  completion tokens per accepted")):
         low, high = rng[key]
         measured.add_row(label, _num(doc[key], 3), f"{_num(low, 3)} - {_num(high, 3)}")
+    for key, label in (("llm_calls_per_item", "LLM calls per item, accepted or not"),
+                       ("tokens_per_item", "tokens per item, accepted or not")):
+        measured.add_row(label, _num(doc[key], 3), "")
     hit = doc["prefix_cache_hit_rate"]
     measured.add_row("prefix-cache hit rate", "not reported by the engine" if hit is None else f"{hit:.2f}", "")
     for name, pool in doc["pools"].items():

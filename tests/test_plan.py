@@ -64,6 +64,7 @@ def test_measure_reads_the_funnel_tokens_calls_and_engine_metrics():
     assert m["accepted_per_item_range"] == list(plan.wilson(5, 10))
     assert m["tokens_per_accepted"]["expected"] == 1100 * 10 / 5
     assert m["llm_calls_per_accepted"]["expected"] == 20
+    assert (m["llm_calls_per_item"], m["tokens_per_item"], m["completion_tokens_per_item"]) == (10, 1100, 100)
     assert m["by_role"]["assistant_agent"] == {"llm_calls": 16, "prompt_tokens": 1600, "completion_tokens": 160}
     assert m["prefix_cache_hit_rate"] == 0.4
     pool = m["pools"]["main"]
@@ -117,6 +118,7 @@ def test_a_sample_that_accepted_nothing_gives_unbounded_costs_written_as_null():
     est = plan.estimate(m, target=10, slots=2, scenarios_available=5)
     doc = plan.plan_document(m, est, sample={"items": 10, "accepted": 0}, notes=["x"])
     assert doc["tokens_per_accepted"] is None and doc["estimated_gpu_hours"] is None
+    assert doc["tokens_per_item"] == 1100  # what an item costs is known all the same
     assert doc["range"]["items_needed"][0] > 0  # the yield's upper bound still bounds the items from below
     json.dumps(doc, allow_nan=False)
     out = io.StringIO()
