@@ -93,7 +93,8 @@ class TightConstraints(_Config):
     """
 
     OUTPUTS = frozenset({"thought_max_chars", "message_max_chars", "value_max_chars", "prose_word_chars",
-                         "value_word_chars", "max_list_items", "max_object_keys", "plain_prose", "plain_text"})
+                         "value_word_chars", "max_list_items", "max_object_keys", "plain_prose", "plain_text",
+                         "grounded_arguments"})
 
     thought_max_chars: int = Field(
         400, ge=16, le=8000, description="Bound on the assistant's thought before <call>/<final>."
@@ -128,6 +129,13 @@ class TightConstraints(_Config):
         "of <>[]{}_\"\\ (see bottom_up/json_grammar.py). A small model can then not fill a field with "
         "template placeholders, JSON fragments, snake_case tool names or a phrase repeated to max_tokens.",
     )
+    grounded_arguments: bool = Field(
+        False,
+        description="A typed string or number argument of a call may only be a phrase (1-5 words) or a number "
+        "that the user's messages or earlier tool results stated (one grammar per turn): a tiny model otherwise "
+        "invents the values the grounding rule rejects. Enum values stay the declared ones.",
+    )
+
 
 class ContentConfig(_Config):
     """Content rules (``docs/quality.md``): cheap checks, no LLM, each one a named reason in

@@ -376,6 +376,85 @@ def trajectory_content_problem(
     return None
 
 
+_CLAUSE = re.compile(r"[.,;:!?()\[\]{}\"<>\n]+")
+
+
+def grounding_candidates(turns: Sequence[Turn], max_words: int = 5, limit: int = 400) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The values a call may take from the dialogue so far (``TightConstraints.grounded_arguments``):
+    phrases of 1 to ``max_words`` words of the user's messages and the tool results' strings,
+    within a clause, neither starting nor ending with a stop word (at most ``limit``, in order
+    of appearance), and every number they state. A tiny model given these as the only
+    choices cannot invent an argument."""
+    texts: list[str] = []
+    numbers: list[float] = []
+    for turn in turns:
+        if turn.role == "user":
+            texts.append(turn.content)
+        for result in turn.results:
+            stack: list[Any] = [result]
+            while stack:
+                value = stack.pop()
+                if isinstance(value, str):
+                    texts.append(value)
+                elif isinstance(value, dict):
+                    stack.extend(value.values())
+                elif isinstance(value, list):
+                    stack.extend(value)
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    numbers.append(float(value))
+    phrases: dict[str, None] = {}
+    for text in texts:
+        numbers.extend(float(canonical_number(n)) for m in re.finditer(r"\d+(?:[.,]\d+)*", text)
+                       for n in _number_tokens(m.group(0)))
+        for clause in _CLAUSE.split(text):
+            words = clause.split()
+            for i in range(len(words)):
+                for j in range(i + 1, min(i + max_words, len(words)) + 1):
+                    if words[i].lower() in _STOPWORDS or words[j - 1].lower() in _STOPWORDS:
+                        continue
+                    phrases.setdefault(" ".join(words[i:j]), None)
+    strings = tuple(p for p in phrases if "\\" not in p)[:limit]
+    return strings, tuple(dict.fromkeys(numbers))
+
+
+def new_turn_problem(
+    turns: Sequence[Turn], new: Turn, functions: Sequence[FunctionDef], cfg: ContentConfig
+) -> tuple[str, str] | None:
+    """``(reason, detail)`` for the content rule that ``new``, about to be appended to
+    ``turns``, breaks: its own text degenerate, a copy of an earlier turn, or a call
+    argument the dialogue has not given. Checked as each turn is written, so the step is
+    redrawn (a new seed) instead of the whole trajectory being thrown away at the end;
+    ``turns`` passed these checks already, so any hit is the new turn's.
+    """
+    index = len(turns)
+    if cfg.degeneration:
+        for _, what, text in _dialogue_texts([new]):
+            problem = degeneration(text, cfg)
+            if problem:
+                return "degenerate_text", f"turn {index} ({what}): {problem}"
+    dialogue = [*turns, new]
+    problem = copied_turn(dialogue, cfg)
+    if problem:
+        return "copied_turn", problem
+    if new.calls:
+        problem = ungrounded_argument(dialogue, functions, cfg)
+        if problem:
+            return "ungrounded_argument", problem
+    return None
+
+
+def new_result_problem(result: dict[str, Any], fn: FunctionDef, cfg: ContentConfig) -> tuple[str, str] | None:
+    """``(reason, detail)`` for the content rule a tool result breaks as it is written
+    (degenerate strings, keys or types off the declared responses), or None."""
+    if cfg.degeneration:
+        for text in _strings(result):
+            problem = degeneration(text, cfg)
+            if problem:
+                return "degenerate_text", f"tool result of {fn.name}: {problem}"
+    problem = result_problem(result, fn, cfg.result_conformance)
+    return ("nonconforming_result", problem) if problem else None
+
+
 # ----------------------------------------------------------------------------- bottom-up checks
 
 

@@ -142,13 +142,22 @@ class TrajectoryContext:
             allow_question=question,
         )
 
-    def assistant_constraint_for(self, steer: "Steer") -> OutputConstraint | None:
-        """The assistant grammar for ``steer`` (one per distinct steer, built once)."""
+    @property
+    def grounds_arguments(self) -> bool:
+        """Whether call arguments are held to the dialogue's values (``TightConstraints.grounded_arguments``)."""
+        return self.cfg.strength("assistant_agent") == "tight" and self.cfg.tight.grounded_arguments
+
+    def assistant_constraint_for(
+        self, steer: "Steer", grounded: tuple[Sequence[str], Sequence[float]] | None = None
+    ) -> OutputConstraint | None:
+        """The assistant grammar for ``steer`` and the dialogue's values ``grounded`` (see
+        :attr:`grounds_arguments`; one grammar per distinct pair, built once)."""
         strength = self.cfg.strength("assistant_agent")
         if strength == "off":
             return None
-        if steer not in self._assistant_constraints:
-            self._assistant_constraints[steer] = _grammar(
+        key = (steer, grounded)
+        if key not in self._assistant_constraints:
+            self._assistant_constraints[key] = _grammar(
                 assistant_grammar(
                     self.functions,
                     parallel=self.parallel,
@@ -159,9 +168,10 @@ class TrajectoryContext:
                     allow_final=steer.allow_final,
                     allow_question=steer.allow_question,
                     apart=self.apart,
+                    grounded=grounded,
                 )
             )
-        return self._assistant_constraints[steer]
+        return self._assistant_constraints[key]
 
     @property
     def assistant_constraint(self) -> OutputConstraint | None:
@@ -249,14 +259,18 @@ def results_message(content: str) -> ChatMessage:
 
 
 def assistant_request(
-    ctx: TrajectoryContext, history: Sequence[ChatMessage], turn_index: int, steer: Steer | None = None
+    ctx: TrajectoryContext,
+    history: Sequence[ChatMessage],
+    turn_index: int,
+    steer: Steer | None = None,
+    grounded: tuple[Sequence[str], Sequence[float]] | None = None,
 ) -> LLMRequest:
     """The assistant agent's ``turn_index``-th turn given its chat so far (system first),
-    constrained by ``steer`` (default: the first turn's)."""
+    constrained by ``steer`` (default: the first turn's) and, where arguments are
+    grounded, the dialogue's values ``grounded``."""
     steer = steer or ctx.steer(frozenset(), 0)
-    return ctx.request(
-        "assistant_agent", f"{ctx.item_id}/assistant/{turn_index}", history, ctx.assistant_constraint_for(steer)
-    )
+    constraint = ctx.assistant_constraint_for(steer, grounded)
+    return ctx.request("assistant_agent", f"{ctx.item_id}/assistant/{turn_index}", history, constraint)
 
 
 def _parse_calls(body: str) -> list[Any]:

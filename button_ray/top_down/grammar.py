@@ -73,10 +73,30 @@ def _json_literal(value: Any) -> str:
 
 
 class _Rules:
-    """The shared rules of one grammar at one strength: prose, JSON values."""
+    """The shared rules of one grammar at one strength: prose, JSON values; with
+    ``grounded`` (strings, numbers), string and number values are those of the dialogue
+    (``TightConstraints.grounded_arguments``)."""
 
-    def __init__(self, strength: Strength, tight: TightConstraints) -> None:
+    def __init__(
+        self,
+        strength: Strength,
+        tight: TightConstraints,
+        grounded: tuple[Sequence[str], Sequence[float]] | None = None,
+    ) -> None:
         self.tight = tight if strength == "tight" else None
+        strings, numbers = grounded or ((), ())
+        ints = [n for n in numbers if float(n).is_integer()]
+        self.grounded = {
+            "jstr": "(" + " | ".join(gbnf_literal(dump_json(v)) for v in strings) + ")" if strings else None,
+            "jint": "(" + " | ".join(gbnf_literal(str(int(n))) for n in ints) + ")" if ints else None,
+            "jnum": "(" + " | ".join(gbnf_literal(dump_json(int(n) if float(n).is_integer() else n))
+                                     for n in numbers) + ")" if numbers else None,
+        }
+
+    def _scalar(self, rule: str) -> str:
+        # A grounded value when the dialogue offers one of the type, else any of the type
+        # (the content rule then decides).
+        return self.grounded.get(rule) or rule
 
     def prose(self, max_chars: int) -> str:
         """Free text without ``<``: bounded words when tight (the last separator may
@@ -126,7 +146,9 @@ class _Rules:
                 keys = [k for k in required if k in props] if isinstance(required, list) else list(props)
                 return "(" + self.object(props, keys, depth + 1) + ")"
             return "jobj"
-        return {"string": "jstr", "number": "jnum", "integer": "jint", "boolean": "jbool", "null": '"null"'}[t]
+        if t in ("string", "number", "integer"):
+            return self._scalar({"string": "jstr", "number": "jnum", "integer": "jint"}[t])
+        return {"boolean": "jbool", "null": '"null"'}[t]
 
     def object(self, props: dict[str, Any], required: Sequence[str], depth: int = 0) -> str:
         """An object of ``props``: the ``required`` keys in their order, then the others,
@@ -161,6 +183,7 @@ def assistant_grammar(
     allow_final: bool = True,
     allow_question: bool = False,
     apart: frozenset[frozenset[str]] = frozenset(),
+    grounded: tuple[Sequence[str], Sequence[float]] | None = None,
 ) -> str:
     """The grammar of one assistant turn (see the module docstring).
 
@@ -172,7 +195,8 @@ def assistant_grammar(
     ``allow_question``: the thought alone may end the turn (a clarification question to
     the user). At least one way to end the turn must remain. ``tight`` holds the bounds
     of the ``tight`` strength (the thought bound is ``thought_max_chars``, the final
-    answer's ``message_max_chars``).
+    answer's ``message_max_chars``). ``grounded`` (strings, numbers): typed string and
+    number arguments take one of these values (see :func:`button_ray.quality.grounding_candidates`).
     """
     steered = callable_names is not None
     fn_names = [f.name for f in functions]
@@ -181,7 +205,7 @@ def assistant_grammar(
     max_calls = max(1, max_calls_per_turn) if parallel else 1
     if not allowed and not allow_final and not allow_question:
         raise ValueError("a turn must allow a call, a final answer or a question")
-    rules = _Rules(strength, tight)
+    rules = _Rules(strength, tight, grounded)
     blocks = (["callblock"] if allowed else []) + (["finalblock"] if allow_final else [])
     ending = f"({' | '.join(blocks)})" if blocks else ""
     if allow_question and blocks:
