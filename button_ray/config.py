@@ -146,7 +146,7 @@ class ContentConfig(_Config):
 
     OUTPUTS = frozenset({
         "degeneration", "repeat_ngram", "max_repeated_share", "pattern_ngram", "max_pattern_repeats",
-        "sentence_min_words", "copied_turn_similarity", "copied_turn_min_words", "grounding",
+        "sentence_min_words", "copied_turn_similarity", "copied_turn_min_words", "final_min_words", "grounding",
         "grounding_min_overlap", "result_conformance", "plan_coverage", "relevance_min_similarity",
         "relevance_model", "subtask_max_similarity", "near_duplicate_threshold", "near_duplicate_permutations",
         "near_duplicate_bands", "near_duplicate_capacity",
@@ -195,6 +195,12 @@ class ContentConfig(_Config):
         ge=1,
         description="Texts shorter than this are not compared for copied_turn: a short acknowledgement "
         "('Next step.') said twice is not a copy of a turn.",
+    )
+    final_min_words: int = Field(
+        3,
+        ge=0,
+        description="A final answer holds at least this many words or numbers (reason short_final_answer): "
+        "BUTTON's final answer is a summary of the results, not a bracket or a single word. 0: off.",
     )
     grounding: Literal["off", "lenient", "strict"] = Field(
         "lenient",

@@ -353,6 +353,10 @@ def trajectory_content_problem(
     (:func:`button_ray.top_down.filter.trajectory_problem`). ``groups`` are the functions
     per sub-task; without them (a BUTTON file) plan coverage is skipped.
     """
+    for i, turn in enumerate(turns):
+        problem = short_final(turn, cfg)
+        if problem:
+            return "short_final_answer", f"turn {i}: {problem}"
     if cfg.degeneration:
         for i, what, text in _dialogue_texts(turns):
             problem = degeneration(text, cfg)
@@ -417,6 +421,14 @@ def grounding_candidates(turns: Sequence[Turn], max_words: int = 5, limit: int =
     return strings, tuple(dict.fromkeys(numbers))
 
 
+def short_final(turn: Turn, cfg: ContentConfig) -> str | None:
+    """Why ``turn``'s final answer is too short to be one (``ContentConfig.final_min_words``), or None."""
+    if turn.final is None or not cfg.final_min_words:
+        return None
+    words = len(tokens(turn.final))
+    return f"final answer of {words} words: {turn.final[:60]!r}" if words < cfg.final_min_words else None
+
+
 def new_turn_problem(
     turns: Sequence[Turn], new: Turn, functions: Sequence[FunctionDef], cfg: ContentConfig
 ) -> tuple[str, str] | None:
@@ -427,6 +439,9 @@ def new_turn_problem(
     ``turns`` passed these checks already, so any hit is the new turn's.
     """
     index = len(turns)
+    problem = short_final(new, cfg)
+    if problem:
+        return "short_final_answer", f"turn {index}: {problem}"
     if cfg.degeneration:
         for _, what, text in _dialogue_texts([new]):
             problem = degeneration(text, cfg)

@@ -350,3 +350,18 @@ async def test_rule_breaks_are_redrawn_as_they_are_written() -> None:
     assert len(llm.by_role("assistant_agent")) == 5  # turn 0 twice, turn 1 twice, the final once
     weather = [r for r in llm.by_role("tool_agent") if '"get_weather"' in r.messages[-1].content]
     assert len(weather) == 2 and item.turns[2].results[0]["summary"] == "sunny"
+
+
+def test_a_final_answer_needs_words() -> None:
+    from button_ray.quality import new_turn_problem
+
+    cfg = ContentConfig()
+    calls = [Turn(role="user", content="What is the weather in Paris?")]
+    for final, reason in (("(", "short_final_answer"), ("Sunny.", "short_final_answer"),
+                          ("It is sunny in Paris, 21 degrees.", None)):  # fmt: skip
+        turn = Turn(role="assistant", thought="Done.", final=final)
+        found = new_turn_problem(calls, turn, [], cfg)
+        assert (found[0] if found else None) == reason, final
+        assert (trajectory_content_problem([*calls, turn], [], cfg) or (None,))[0] == reason
+    assert new_turn_problem(calls, Turn(role="assistant", thought="Done.", final="("), [],
+                            ContentConfig(final_min_words=0)) is None  # fmt: skip
