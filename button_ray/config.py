@@ -20,11 +20,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from button_ray.errors import ConfigError
 from button_ray.llm.contract import ROLES, Role, Sampling
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be read (field errors are ValidationErrors)."""
 
 
 class _Config(BaseModel):

@@ -31,8 +31,9 @@ import ray
 from button_ray import summary as summ
 from button_ray.card import write_card
 from button_ray.config import MethodConfig, RunConfig
+from button_ray.errors import LLMUnavailableError
 from button_ray.inputs import input_options, read_scenarios
-from button_ray.llm.pool import LLMUnavailableError, PoolClient
+from button_ray.llm.pool import PoolClient
 from button_ray.llm.replica import Pools, start_pools, stop_pools
 from button_ray.near_dup import NearDuplicateIndex, index_for
 from button_ray.prompts import template_hashes

@@ -102,7 +102,7 @@ class OracleEngine:
             raise RuntimeError("scripted start failure after a restart: out of memory")
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
-        from button_ray.llm.contract import ReplicaFatalError
+        from button_ray.errors import ReplicaFatalError
 
         self.requests += 1
         if request.affinity_key:

@@ -11,9 +11,9 @@ import pytest
 
 from button_ray.button_format import validate_button_record
 from button_ray.config import EngineConfig, MethodConfig, OutputConfig, PoolConfig, RunConfig, ScenarioConfig
-from button_ray.llm.replica import EngineStartError
+from button_ray.errors import EngineStartError, OutputError
 from button_ray.pipeline import run_generate
-from button_ray.sink import OutputError, OutputStore, read_committed
+from button_ray.sink import OutputStore, read_committed
 
 pytestmark = pytest.mark.ray
 

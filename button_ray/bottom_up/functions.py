@@ -18,7 +18,7 @@ from button_ray.config import ContentConfig, MethodConfig
 from button_ray.llm.contract import LLMClient, LLMResponse
 from button_ray.prompts import render
 from button_ray.records import Composition, FunctionDef, WorkItem
-from button_ray.steps import ParseError
+from button_ray.errors import ParseError
 from button_ray.top_down.schema import value_matches
 
 STAGE = "functions"

@@ -95,13 +95,3 @@ class LLMClient(Protocol):
 
     async def generate(self, request: LLMRequest) -> LLMResponse: ...
 
-
-class LLMRequestError(ValueError):
-    """The request itself is invalid (prompt longer than the context, ...).
-
-    Per-record: the record is rejected, the request is not retried, the replica lives on.
-    """
-
-
-class ReplicaFatalError(RuntimeError):
-    """The replica's engine is dead; the replica exits so Ray can replace it."""

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 import ray
 
 from button_ray.config import PoolConfig
-from button_ray.llm.contract import LLMRequest, LLMResponse, ReplicaFatalError
+from button_ray.errors import EngineStartError, ReplicaFatalError
+from button_ray.llm.contract import LLMRequest, LLMResponse
 from button_ray.llm.engine import load_engine_class
 
 log = logging.getLogger(__name__)
@@ -124,10 +125,6 @@ def start_replicas(pool: PoolConfig, name_prefix: str | None = None) -> list[Any
             options["name"] = f"{name_prefix}-{pool.name}-{i}"
         handles.append(cls.options(**options).remote(pool, i))
     return handles
-
-
-class EngineStartError(RuntimeError):
-    """A pool's replicas could not be placed or could not start their engines (the message says which)."""
 
 
 Pools = dict[str, tuple[PoolConfig, list[Any]]]

@@ -31,13 +31,8 @@ import os
 from typing import Any
 
 from button_ray.config import EngineConfig, PoolConfig
-from button_ray.llm.contract import (
-    LLMRequest,
-    LLMRequestError,
-    LLMResponse,
-    OutputConstraint,
-    ReplicaFatalError,
-)
+from button_ray.errors import LLMRequestError, ReplicaFatalError
+from button_ray.llm.contract import LLMRequest, LLMResponse, OutputConstraint
 from button_ray.llm.embedded import model_display_name, resolve_model
 
 log = logging.getLogger(__name__)

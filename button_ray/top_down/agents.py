@@ -28,7 +28,7 @@ from button_ray.config import MethodConfig
 from button_ray.llm.contract import ChatMessage, LLMRequest, OutputConstraint, Role
 from button_ray.prompts import render
 from button_ray.records import FunctionDef, TaskBundle, ToolCall, Turn, derive_seed
-from button_ray.steps import ParseError
+from button_ray.errors import ParseError
 from button_ray.top_down.grammar import assistant_grammar, tool_result_grammar, user_message_grammar
 from button_ray.top_down.schema import call_problem
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from button_ray.button_format import assistant_content, to_button_messages, tool_content, validate_button_record
 from button_ray.config import MethodConfig
+from button_ray.errors import RecordError
 from button_ray.llm.contract import ChatMessage, LLMClient, LLMRequest, LLMResponse
 from button_ray.records import ToolCall, TrajectoryStats, Turn, WorkItem, stable_id
 from button_ray.steps import StepResult, run_step
@@ -33,7 +34,7 @@ def choose_parallel(item_id: str, ratio: float) -> bool:
     return int(stable_id(item_id, "parallel", length=12), 16) / 16**12 < ratio
 
 
-class _Rejected(Exception):
+class _Rejected(RecordError):
     """Ends a simulation early; carries the rejection."""
 
     def __init__(self, stage: str, reason: str, detail: str = "") -> None:

@@ -11,7 +11,7 @@ from button_ray.bottom_up.common import without_length_bounds
 from button_ray.config import MethodConfig
 from button_ray.llm.contract import LLMResponse
 from button_ray.records import Composition
-from button_ray.steps import ParseError
+from button_ray.errors import ParseError
 from tests.bottom_up.conftest import scripted
 from tests.fakes import ScriptedLLM
 

@@ -111,7 +111,7 @@ def test_a_busy_replica_keeps_a_request_past_its_deadline(ray_local, monkeypatch
 def test_a_hung_replica_times_out_and_the_job_stops(ray_local, monkeypatch):
     """A request on replicas that complete nothing is retried once elsewhere, then stops the job."""
     from button_ray.llm import pool as pool_mod
-    from button_ray.llm.pool import LLMUnavailableError
+    from button_ray.errors import LLMUnavailableError
 
     monkeypatch.setattr(pool_mod, "_PROGRESS_WINDOW_S", 1.0)
     pool = PoolConfig(replicas=2, num_cpus=0.1, engine_class="tests.fakes:EchoEngine", request_timeout_s=1.0,

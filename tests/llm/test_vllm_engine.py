@@ -17,14 +17,8 @@ import pytest
 import pytest_asyncio
 
 from button_ray.config import load_config
-from button_ray.llm.contract import (
-    ChatMessage,
-    LLMRequest,
-    LLMRequestError,
-    OutputConstraint,
-    ReplicaFatalError,
-    Sampling,
-)
+from button_ray.errors import LLMRequestError, ReplicaFatalError
+from button_ray.llm.contract import ChatMessage, LLMRequest, OutputConstraint, Sampling
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 
