@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from button_ray.errors import ConfigError
+from button_ray.frozen import Frozen
 from button_ray.llm.contract import ROLES, Role, Sampling
+from button_ray.records import GENERATED_FUNCTION_NAME_PATTERN, PARAMETER_NAME_PATTERN
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class _Config(Frozen):
     #: Fields whose value changes what a run writes: they go into the fingerprint.
     OUTPUTS: ClassVar[frozenset[str]] = frozenset()
     #: Fields that change speed, placement or where things go, never a record.
@@ -374,7 +374,7 @@ class MethodConfig(_Config):
         "lets a pure-reasoning sub-task have none (0); 1 gives every sub-task a call to make.",
     )
     function_name_pattern: str = Field(
-        r"^[A-Za-z_][A-Za-z0-9_]{0,47}$",
+        GENERATED_FUNCTION_NAME_PATTERN,
         description="Regex every generated function name must match (sent in the constraint). Anchored, "
         "a subset of the record's name pattern; with plain_text only classes, groups, | and quantifiers up "
         "to 128.",
@@ -386,7 +386,7 @@ class MethodConfig(_Config):
         "model's functions to its sub-task instead of the prompt's example, and keeps names general.",
     )
     parameter_name_pattern: str = Field(
-        r"^[A-Za-z_][A-Za-z0-9_]{0,31}$",
+        PARAMETER_NAME_PATTERN,
         description="Regex every parameter and result name of a generated function must match (sent in "
         "the constraint; same regex subset as function_name_pattern).",
     )

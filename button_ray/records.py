@@ -16,13 +16,19 @@ import pyarrow as pa
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from button_ray.frozen import Frozen
+
 Strategy = Literal["sequential", "parallel_then_sequential"]
 Outcome = Literal["pending", "emitted", "rejected", "failed"]
+#: The names a record's function may have.
 FUNCTION_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+#: The names a generated function may have by default (``MethodConfig.function_name_pattern``):
+#: a subset of :data:`FUNCTION_NAME_PATTERN`, short enough that a small model cannot ramble
+#: to ``max_tokens`` inside one name.
+GENERATED_FUNCTION_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,47}$"
+#: The names a generated function's parameters and results may have by default
+#: (``MethodConfig.parameter_name_pattern``): identifiers most callers can pass as keywords.
+PARAMETER_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,31}$"
 
 
 def stable_id(*parts: object, length: int = 16) -> str:
@@ -36,7 +42,7 @@ def derive_seed(*parts: object) -> int:
     return int(stable_id(*parts, length=15), 16)
 
 
-class Scenario(_Frozen):
+class Scenario(Frozen):
     """A short everyday situation, the root of every item."""
 
     scenario_id: str
@@ -44,7 +50,7 @@ class Scenario(_Frozen):
     source: str = Field("list", description="'list', 'extraction', 'expansion' or a file name.")
 
 
-class FunctionDef(_Frozen):
+class FunctionDef(Frozen):
     """A function definition in the BUTTON shape (five fields, this order when serialized)."""
 
     name: str = Field(pattern=FUNCTION_NAME_PATTERN)
@@ -64,7 +70,7 @@ class FunctionDef(_Frozen):
         }
 
 
-class Composition(_Frozen):
+class Composition(Frozen):
     """A composite task built from one atomic task by a heuristic strategy."""
 
     strategy: Strategy
@@ -72,7 +78,7 @@ class Composition(_Frozen):
     composite_task: str = Field(min_length=1)
 
 
-class TaskBundle(_Frozen):
+class TaskBundle(Frozen):
     """Everything bottom-up produces for one item; the input of the simulation."""
 
     atomic_task: str
@@ -87,7 +93,7 @@ class TaskBundle(_Frozen):
         return tuple(f for group in self.functions for f in group)
 
 
-class Rejection(_Frozen):
+class Rejection(Frozen):
     """Why an item did not make it; ``reason`` is a machine-readable code."""
 
     stage: str
@@ -112,14 +118,14 @@ class StageUsage(BaseModel):
         self.completion_tokens += other.completion_tokens
 
 
-class ToolCall(_Frozen):
+class ToolCall(Frozen):
     """One function call of an assistant turn."""
 
     name: str
     arguments: dict[str, Any]
 
 
-class Turn(_Frozen):
+class Turn(Frozen):
     """One message of a simulated dialogue (before conversion to the BUTTON format).
 
     ``assistant`` turns carry ``thought`` and either ``calls`` or ``final``; ``tool``
@@ -134,7 +140,7 @@ class Turn(_Frozen):
     results: tuple[dict[str, Any], ...] = ()
 
 
-class TrajectoryStats(_Frozen):
+class TrajectoryStats(Frozen):
     """Shape of an accepted trajectory."""
 
     assistant_turns: int

@@ -22,10 +22,10 @@ from button_ray.bottom_up.common import (
 )
 from button_ray import quality
 from button_ray.config import ContentConfig, MethodConfig
+from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMClient, LLMResponse
 from button_ray.prompts import render
 from button_ray.records import WorkItem, derive_seed
-from button_ray.errors import ParseError
 
 STAGE = "atomic_task"
 # Characters, not words: JSON schema cannot count words, so this only stops rambling

@@ -17,9 +17,9 @@ from pydantic import BaseModel, ValidationError
 
 from button_ray.bottom_up.json_grammar import MAX_WORDS_KEY, schema_to_gbnf
 from button_ray.config import MethodConfig
+from button_ray.errors import ParseError
 from button_ray.llm.contract import ChatMessage, LLMClient, LLMRequest, LLMResponse, OutputConstraint, Role
 from button_ray.records import WorkItem
-from button_ray.errors import ParseError
 from button_ray.steps import StepResult, run_step
 
 T = TypeVar("T")

@@ -31,10 +31,10 @@ from button_ray.bottom_up.common import (
     word_count,
 )
 from button_ray.config import MethodConfig, ScenarioConfig
+from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMClient, LLMResponse, Role
 from button_ray.prompts import render
 from button_ray.records import Scenario, StageUsage, stable_id
-from button_ray.errors import ParseError
 from button_ray.steps import StepResult, run_step
 
 DEFAULT_SCENARIOS = "data/scenarios.txt"

@@ -25,12 +25,12 @@ from button_ray.button_format import (
     render_system_prompt,
 )
 from button_ray.config import MethodConfig
+from button_ray.errors import ParseError
 from button_ray.llm.contract import ChatMessage, LLMRequest, OutputConstraint, Role
 from button_ray.prompts import render
 from button_ray.records import FunctionDef, TaskBundle, ToolCall, Turn, derive_seed
-from button_ray.errors import ParseError
+from button_ray.specs import call_problem
 from button_ray.top_down.grammar import assistant_grammar, tool_result_grammar, user_message_grammar
-from button_ray.top_down.schema import call_problem
 
 USER_TEMPLATE = "user_agent.j2"
 ASSISTANT_TEMPLATE = "assistant_agent.j2"

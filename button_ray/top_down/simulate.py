@@ -21,10 +21,10 @@ from button_ray.config import MethodConfig
 from button_ray.errors import RecordError
 from button_ray.llm.contract import ChatMessage, LLMClient, LLMRequest, LLMResponse
 from button_ray.records import ToolCall, TrajectoryStats, Turn, WorkItem, stable_id
+from button_ray.specs import call_key
 from button_ray.steps import StepResult, run_step
 from button_ray.top_down import agents
 from button_ray.top_down.filter import filter_problem
-from button_ray.top_down.schema import call_key
 
 ROLES = ("user_agent", "assistant_agent", "tool_agent")
 
