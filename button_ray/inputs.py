@@ -19,14 +19,9 @@ import fsspec
 
 from button_ray.config import ScenarioConfig
 from button_ray.errors import InputError
-from button_ray.records import Scenario, stable_id
+from button_ray.records import Scenario, scenario_id
 
 _FORMATS = (".txt", ".jsonl", ".json", ".parquet")
-
-
-def scenario_id(text: str) -> str:
-    """Content-addressed id: the same scenario text has the same id in every run."""
-    return stable_id("scenario", " ".join(text.lower().split()))
 
 
 def input_options(cfg: ScenarioConfig, output_options: dict[str, Any] | None) -> dict[str, Any]:

@@ -37,6 +37,13 @@ def stable_id(*parts: object, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+def scenario_id(text: str) -> str:
+    """Content-addressed id: the same scenario text (case and spacing aside) has the same
+    id in every run. Record ids and shard keys derive from it, so changing it changes
+    every fingerprinted output."""
+    return stable_id("scenario", " ".join(text.lower().split()))
+
+
 def derive_seed(*parts: object) -> int:
     """A per-request seed derived from record ids, so every run makes the same requests."""
     return int(stable_id(*parts, length=15), 16)

@@ -139,7 +139,7 @@ def test_items_in_flight_counts_items_not_blocks(ray_local, tmp_path):
 # -- the lazy item source ---------------------------------------------------------------
 
 def _source_fixture(n_scenarios=7, slots=3, shard_size=2, seed=11):
-    from button_ray.inputs import scenario_id
+    from button_ray.records import scenario_id
     from button_ray.records import Scenario
     from button_ray.sink import plan_shards
 

@@ -34,7 +34,7 @@ from button_ray.config import MethodConfig, ScenarioConfig
 from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMClient, LLMResponse, Role
 from button_ray.prompts import render
-from button_ray.records import Scenario, StageUsage, stable_id
+from button_ray.records import Scenario, StageUsage, scenario_id, stable_id
 from button_ray.steps import StepResult, run_step
 
 DEFAULT_SCENARIOS = "data/scenarios.txt"
@@ -58,9 +58,9 @@ def load_default_scenarios() -> list[str]:
 
 
 def scenario_from_text(text: str, source: str) -> Scenario:
-    """A :class:`Scenario` whose id derives from its normalized text (same text, same id)."""
+    """A :class:`Scenario` with the id a generation run gives the same text."""
     text = clean_text(text)
-    return Scenario(scenario_id=stable_id("scenario", normalize(text)), text=text, source=source)
+    return Scenario(scenario_id=scenario_id(text), text=text, source=source)
 
 
 # ---------------------------------------------------------------- seed conversations

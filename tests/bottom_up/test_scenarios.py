@@ -10,7 +10,7 @@ import pytest
 
 from button_ray.bottom_up import scenarios
 from button_ray.config import MethodConfig, ScenarioConfig
-from button_ray.records import stable_id
+from button_ray.records import scenario_id, stable_id
 from tests.bottom_up.conftest import scripted
 from tests.fakes import ScriptedLLM
 
@@ -36,10 +36,11 @@ def test_default_list_is_large_unique_and_short() -> None:
     assert not [s for s in items if re.search(r"\d", s)], "scenarios carry no specifics"
 
 
-def test_scenario_ids_follow_the_normalized_text() -> None:
+def test_pool_scenarios_get_the_ids_a_generation_run_gives_their_text() -> None:
     a = scenarios.scenario_from_text("Booking a  flight", "list")
-    b = scenarios.scenario_from_text("booking a flight.", "expansion")
-    assert a.scenario_id == b.scenario_id and a.text == "Booking a flight"
+    b = scenarios.scenario_from_text("booking a flight", "expansion")
+    assert a.scenario_id == b.scenario_id == scenario_id("Booking a flight") and a.text == "Booking a flight"
+    assert scenarios.scenario_from_text("booking a train", "list").scenario_id != a.scenario_id
 
 
 # ------------------------------------------------------------------ conversations
