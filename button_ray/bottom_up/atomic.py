@@ -24,7 +24,6 @@ from button_ray import quality
 from button_ray.config import ContentConfig, MethodConfig
 from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMClient, LLMResponse
-from button_ray.prompts import render
 from button_ray.records import WorkItem, derive_seed
 
 STAGE = "atomic_task"
@@ -61,7 +60,7 @@ def angle(scenario_id: str, slot: int, angles: tuple[str, ...]) -> str | None:
 
 def prompt(scenario: str, cfg: MethodConfig, asker: str | None = None) -> str:
     """The rendered atomic-task prompt for ``scenario``, asked by ``asker`` (see :func:`angle`)."""
-    return render("atomic_task.j2", scenario=scenario, max_words=cfg.atomic_task_max_words, asker=asker)
+    return cfg.templates().render("atomic_task.j2", scenario=scenario, max_words=cfg.atomic_task_max_words, asker=asker)
 
 
 def parse(

@@ -17,7 +17,6 @@ from button_ray.bottom_up.common import copied_from_prompt, parse_json_as, run_i
 from button_ray.config import ContentConfig, MethodConfig
 from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMClient, LLMResponse
-from button_ray.prompts import render
 from button_ray.records import (
     GENERATED_FUNCTION_NAME_PATTERN,
     PARAMETER_NAME_PATTERN,
@@ -318,7 +317,7 @@ def rich_specs(cfg: MethodConfig) -> bool:
 
 def prompt(composition: Composition, cfg: MethodConfig) -> str:
     """The rendered function-generation prompt."""
-    return render(
+    return cfg.templates().render(
         "functions.j2",
         composite_task=composition.composite_task,
         subtasks=list(composition.subtasks),

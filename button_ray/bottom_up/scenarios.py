@@ -33,7 +33,6 @@ from button_ray.bottom_up.common import (
 from button_ray.config import MethodConfig, ScenarioConfig
 from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMClient, LLMResponse, Role
-from button_ray.prompts import render
 from button_ray.records import Scenario, StageUsage, scenario_id, stable_id
 from button_ray.steps import StepResult, run_step
 
@@ -219,15 +218,15 @@ async def _scenario_step(
     )
 
 
-def _extraction(conversation_text: str, idx: int, scen_cfg: ScenarioConfig) -> tuple[str, str]:
-    prompt = render(
+def _extraction(conversation_text: str, idx: int, cfg: MethodConfig, scen_cfg: ScenarioConfig) -> tuple[str, str]:
+    prompt = cfg.templates().render(
         "scenario_extraction.j2", conversation=conversation_text, max_words=scen_cfg.scenario_max_words
     )
     return prompt, f"scenario_extraction/{idx}/{stable_id(conversation_text, length=8)}"
 
 
-def _expansion(scenario_text: str, idx: int, scen_cfg: ScenarioConfig) -> tuple[str, str]:
-    prompt = render("scenario_expansion.j2", scenario=scenario_text, max_words=scen_cfg.scenario_max_words)
+def _expansion(scenario_text: str, idx: int, cfg: MethodConfig, scen_cfg: ScenarioConfig) -> tuple[str, str]:
+    prompt = cfg.templates().render("scenario_expansion.j2", scenario=scenario_text, max_words=scen_cfg.scenario_max_words)
     return prompt, f"scenario_expansion/{idx}/{stable_id(scenario_text, length=8)}"
 
 
@@ -245,7 +244,7 @@ async def extract_scenario(
     ``idx`` numbers the request (with the text's hash it makes the request id and seed).
     """
     scen_cfg = scen_cfg or ScenarioConfig()
-    prompt, request_id = _extraction(conversation_text, idx, scen_cfg)
+    prompt, request_id = _extraction(conversation_text, idx, cfg, scen_cfg)
     result = await _scenario_step(
         "scenario_extraction", prompt, request_id, llm, cfg, scen_cfg, usage if usage is not None else StageUsage()
     )
@@ -263,7 +262,7 @@ async def expand_scenario(
 ) -> Scenario | None:
     """A new, substantially different scenario inspired by ``scenario_text``, or None."""
     scen_cfg = scen_cfg or ScenarioConfig()
-    prompt, request_id = _expansion(scenario_text, idx, scen_cfg)
+    prompt, request_id = _expansion(scenario_text, idx, cfg, scen_cfg)
     result = await _scenario_step(
         "scenario_expansion", prompt, request_id, llm, cfg, scen_cfg, usage if usage is not None else StageUsage()
     )
@@ -407,7 +406,7 @@ async def build_scenario_pool(
     await admit([scenario_from_text(t, "list") for t in base if clean_text(t)], "list")
 
     transcripts = [conversation_to_text(c, scen_cfg.conversation_max_chars) for c in conversations]
-    jobs = [("scenario_extraction", *_extraction(t, i, scen_cfg)) for i, t in enumerate(transcripts) if t]
+    jobs = [("scenario_extraction", *_extraction(t, i, cfg, scen_cfg)) for i, t in enumerate(transcripts) if t]
     extracted = await run_bounded(jobs)
     await admit([scenario_from_text(t, "extraction") for t in extracted if t], "extraction")
     sources = len(pool)
@@ -417,7 +416,7 @@ async def build_scenario_pool(
     while pool and len(pool) < target_size and rounds < scen_cfg.expansion_rounds:
         need = target_size - len(pool)
         parents = [pool[(next_idx + j) % len(pool)].text for j in range(need)]
-        jobs = [("scenario_expansion", *_expansion(p, next_idx + j, scen_cfg)) for j, p in enumerate(parents)]
+        jobs = [("scenario_expansion", *_expansion(p, next_idx + j, cfg, scen_cfg)) for j, p in enumerate(parents)]
         next_idx += need
         rounds += 1
         expanded = await run_bounded(jobs)

@@ -25,6 +25,7 @@ actor must do so under ``if __name__ == "__main__":``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.metadata as md
 import logging
 import os
@@ -303,6 +304,16 @@ class VLLMEngine:
         return {**vars(self._counters), "cpu_threads_bind": self._threads_bind}
 
     async def shutdown(self) -> None:
-        if self._llm is not None:
-            self._llm.shutdown()
-            self._llm = None
+        """Stop the engine (its core process, its output handler) and release it now.
+
+        vLLM's ``AsyncLLM`` shuts down again from its finalizer; run in the interpreter's
+        teardown, that call fails (``'NoneType' object is not callable``). So the last
+        reference goes here, and a collection frees what reference cycles still hold (a
+        kept traceback through the engine's frames), while the interpreter is whole.
+        """
+        llm, self._llm, self._tokenizer = self._llm, None, None
+        if llm is None:
+            return
+        llm.shutdown()
+        del llm
+        gc.collect()

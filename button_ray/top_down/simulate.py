@@ -131,7 +131,7 @@ class _Simulation:
         self.results.update(zip(todo, outcomes))
         results = tuple(self.results[k] for k in keys)
         self.turns.append(Turn(role="tool", results=results))
-        self.assistant_chat.append(agents.results_message(tool_content(calls, results)))
+        self.assistant_chat.append(agents.results_message(self.ctx, tool_content(calls, results)))
 
     async def run(self) -> None:
         await self._user_message()
