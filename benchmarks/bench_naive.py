@@ -1,4 +1,4 @@
-"""The naive-loop baseline (issue 5): the BUTTON method the way users run it without us.
+"""The naive-loop baseline: the BUTTON method the way users run it without us.
 
 What it measures
 ----------------

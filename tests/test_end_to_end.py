@@ -41,7 +41,7 @@ def test_summary_funnel_and_progress(local_run):
     assert summary["totals"]["calls"] >= 8
     assert "[button-ray" in proc.stderr  # live progress lines
     assert "BUTTON funnel" in proc.stdout
-    # Constraints, not luck, make the small model's output parseable. Issue 2's target,
+    # Constraints, not luck, make the small model's output parseable. The target,
     # < 5%, is measured on 50 scenarios (2.5% of 520 calls, benchmarks/FUNNEL.md); this
     # run makes ~80 calls, where 2.5% on average still gives 4+ failures one run in
     # seven, so the test holds 10% (without the grammars it was 81% of assistant turns).
