@@ -335,12 +335,6 @@ def uncovered_subtask(turns: Sequence[Turn], groups: Sequence[Sequence[FunctionD
 # ----------------------------------------------------------------------------- the trajectory rules
 
 
-#: Reason codes of the dialogue rules, in the order they are checked.
-TRAJECTORY_REASONS = (
-    "degenerate_text", "copied_turn", "ungrounded_argument", "nonconforming_result", "uncovered_subtask",
-)  # fmt: skip
-
-
 def trajectory_content_problem(
     turns: Sequence[Turn],
     functions: Sequence[FunctionDef],

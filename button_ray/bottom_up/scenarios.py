@@ -332,18 +332,6 @@ class Deduplicator:
         return [candidates[i] for i in kept_rows]
 
 
-def exact_dedup(texts: Sequence[str]) -> list[str]:
-    """``texts`` without repeats of the same normalized text (keep first)."""
-    seen: set[str] = set()
-    out = []
-    for text in texts:
-        key = normalize(text)
-        if key and key not in seen:
-            seen.add(key)
-            out.append(text)
-    return out
-
-
 def dedup(texts: Sequence[str], threshold: float, model: str = "embedded") -> list[str]:
     """``texts`` without exact and near duplicates (cosine ``>= threshold``), keep first."""
     return Deduplicator(threshold, model).add(texts)

@@ -47,11 +47,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def strict_json_loads(text: str) -> Any:
-    """``json.loads`` that refuses ``NaN``/``Infinity``."""
-    return json.loads(text, parse_constant=_reject_constant)
-
-
 def tool_order(item_id: str, functions: Sequence[FunctionDef], shuffle: bool) -> tuple[FunctionDef, ...]:
     """The order of the tool list in the system message: a shuffle seeded from the record
     id (``MethodConfig.shuffle_tools``), else sub-task order."""

@@ -214,7 +214,3 @@ async def test_pool_keeps_all_sources_even_above_target() -> None:
     )
     assert len(pool) == 4 and stats["rounds"] == 0 and llm.requests == []
 
-
-def test_exact_dedup_needs_no_model() -> None:
-    texts = ["Booking a flight", "booking a flight.", "BOOKING  A FLIGHT!", "booking flights", ""]
-    assert scenarios.exact_dedup(texts) == ["Booking a flight", "booking flights"]
