@@ -101,7 +101,7 @@ class LLMReplica:
     async def shutdown(self) -> None:
         """Shut the engine down, so that its processes and memory end in order, not with a
         killed actor or in the interpreter's teardown (where vLLM's finalizer fails)."""
-        # An engine still loading has no processes of its own yet: the kill ends the load.
+        # An engine still loading is ended by the kill that follows.
         if self._started:
             await self.engine.shutdown()
 
