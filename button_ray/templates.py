@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +64,7 @@ def shipped_dir() -> Path:
 @lru_cache(maxsize=1)
 def system_template() -> str:
     """The text of BUTTON's system prompt template (``{tool_list}`` and ``{parallel}`` unfilled)."""
-    return resources.files("button_ray").joinpath("data", SYSTEM_TEMPLATE).read_text(encoding="utf-8")
+    return (_PACKAGE / "data" / SYSTEM_TEMPLATE).read_text(encoding="utf-8")
 
 
 def _hash(text: str) -> str:

@@ -196,22 +196,6 @@ async def test_forward_passes_are_bound_to_every_visible_core(engine):
     assert {frozenset({c}) for c in cores} <= pinned, pinned
 
 
-@pytest.mark.chaos
-async def test_dead_engine_raises_replica_fatal(engine):
-    """Runs last: kills the engine core process, as the seed/chunked-prefill crash does."""
-    import psutil
-
-    cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in p.name()]
-    assert cores
-    for proc in cores:
-        proc.kill()
-    with pytest.raises(ReplicaFatalError):
-        for i in range(50):  # the client notices the death within a moment, never hangs
-            request = _request("Say hi.", f"dead-{i}", sampling=Sampling(max_tokens=4, seed=10))
-            await asyncio.wait_for(engine.generate(request), timeout=60)
-            await asyncio.sleep(0.2)
-
-
 async def test_structure_strength_constraints_compile_in_the_engine(engine):
     """The cluster configs' constraints (no length bounds, nested specs) go through vLLM's
     own structured-output path: every one is taken and its output parses when it ends."""
@@ -237,3 +221,19 @@ async def test_structure_strength_constraints_compile_in_the_engine(engine):
         assert out.completion_tokens > 0, name
         if out.finish_reason == "stop" and name != "assistant":
             json.loads(out.text)
+
+
+@pytest.mark.chaos
+async def test_dead_engine_raises_replica_fatal(engine):
+    """Runs last: kills the engine core process, as the seed/chunked-prefill crash does."""
+    import psutil
+
+    cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in p.name()]
+    assert cores
+    for proc in cores:
+        proc.kill()
+    with pytest.raises(ReplicaFatalError):
+        for i in range(50):  # the client notices the death within a moment, never hangs
+            request = _request("Say hi.", f"dead-{i}", sampling=Sampling(max_tokens=4, seed=10))
+            await asyncio.wait_for(engine.generate(request), timeout=60)
+            await asyncio.sleep(0.2)
