@@ -106,8 +106,11 @@ class Templates:
 def load_templates(directory: str | Path | None = None) -> Templates:
     """The templates of ``directory`` (None: the shipped ones), checked; a
     :class:`ConfigError` naming the file if one is missing, unreadable, does not parse or
-    uses a variable the method does not pass. Read again only when a file changes."""
-    root = shipped_dir() if directory is None else Path(directory).expanduser()
+    uses a variable the method does not pass. A directory is read again when one of its
+    files changes; the shipped templates, part of the installation, once per process."""
+    if directory is None:
+        return _shipped()
+    root = Path(directory).expanduser()
     if not root.is_dir():
         raise ConfigError(f"prompt directory {str(root)!r} (method.prompts_dir) does not exist")
     signature = []
@@ -119,6 +122,11 @@ def load_templates(directory: str | Path | None = None) -> Templates:
                               f"prompts/ ({shipped_dir()}) must be in method.prompts_dir") from None
         signature.append((name, stat.st_mtime_ns, stat.st_size))
     return _read(str(root), tuple(signature))
+
+
+@lru_cache(maxsize=1)
+def _shipped() -> Templates:
+    return _read(str(shipped_dir()), ())
 
 
 @lru_cache(maxsize=16)

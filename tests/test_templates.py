@@ -67,7 +67,8 @@ def test_the_run_config_carries_the_drivers_templates_to_the_workers(tmp_path) -
     ("name", "old", "new", "expected"),
     [
         ("functions.j2", "{{", "{{ (", "functions.j2 line "),
-        ("tool_agent.j2", "{{ call }}", "{{ call }} {{ calll }}", "tool_agent.j2 uses calll, which the method does not pass"),
+        ("tool_agent.j2", "{{ call }}", "{{ call }} {{ calll }}",
+         "tool_agent.j2 uses calll, which the method does not pass"),
         ("user_agent.j2", None, None, "user_agent.j2 is missing"),
     ],
     ids=["syntax error", "unknown variable", "missing file"],

@@ -219,6 +219,7 @@ async def _scenario_step(
 
 
 def _extraction(conversation_text: str, idx: int, cfg: MethodConfig, scen_cfg: ScenarioConfig) -> tuple[str, str]:
+    """The prompt and request id of extracting the scenario of conversation ``idx``."""
     prompt = cfg.templates().render(
         "scenario_extraction.j2", conversation=conversation_text, max_words=scen_cfg.scenario_max_words
     )
@@ -226,47 +227,11 @@ def _extraction(conversation_text: str, idx: int, cfg: MethodConfig, scen_cfg: S
 
 
 def _expansion(scenario_text: str, idx: int, cfg: MethodConfig, scen_cfg: ScenarioConfig) -> tuple[str, str]:
-    prompt = cfg.templates().render("scenario_expansion.j2", scenario=scenario_text, max_words=scen_cfg.scenario_max_words)
+    """The prompt and request id of expansion ``idx``, from ``scenario_text``."""
+    prompt = cfg.templates().render(
+        "scenario_expansion.j2", scenario=scenario_text, max_words=scen_cfg.scenario_max_words
+    )
     return prompt, f"scenario_expansion/{idx}/{stable_id(scenario_text, length=8)}"
-
-
-async def extract_scenario(
-    conversation_text: str,
-    idx: int,
-    llm: LLMClient,
-    cfg: MethodConfig,
-    *,
-    scen_cfg: ScenarioConfig | None = None,
-    usage: StageUsage | None = None,
-) -> Scenario | None:
-    """The scenario of a seed conversation (role ``scenario_extraction``), or None.
-
-    ``idx`` numbers the request (with the text's hash it makes the request id and seed).
-    """
-    scen_cfg = scen_cfg or ScenarioConfig()
-    prompt, request_id = _extraction(conversation_text, idx, cfg, scen_cfg)
-    result = await _scenario_step(
-        "scenario_extraction", prompt, request_id, llm, cfg, scen_cfg, usage if usage is not None else StageUsage()
-    )
-    return scenario_from_text(result.value, "extraction") if result.ok and result.value else None
-
-
-async def expand_scenario(
-    scenario_text: str,
-    idx: int,
-    llm: LLMClient,
-    cfg: MethodConfig,
-    *,
-    scen_cfg: ScenarioConfig | None = None,
-    usage: StageUsage | None = None,
-) -> Scenario | None:
-    """A new, substantially different scenario inspired by ``scenario_text``, or None."""
-    scen_cfg = scen_cfg or ScenarioConfig()
-    prompt, request_id = _expansion(scenario_text, idx, cfg, scen_cfg)
-    result = await _scenario_step(
-        "scenario_expansion", prompt, request_id, llm, cfg, scen_cfg, usage if usage is not None else StageUsage()
-    )
-    return scenario_from_text(result.value, "expansion") if result.ok and result.value else None
 
 
 # ---------------------------------------------------------------- deduplication

@@ -75,7 +75,9 @@ async def test_unparseable_verdict_is_retried(item, cfg, output, reason) -> None
 
 
 def test_the_judge_checks_the_strategy() -> None:
-    sequential = judge.prompt(Composition(strategy="sequential", subtasks=("a", "b"), composite_task="c"), MethodConfig())
+    sequential = judge.prompt(
+        Composition(strategy="sequential", subtasks=("a", "b"), composite_task="c"), MethodConfig()
+    )
     assert "sub-task 2 needs the result of sub-task 1" in sequential
     parallel = judge.prompt(
         Composition(strategy="parallel_then_sequential", subtasks=("a", "b", "d"), composite_task="c"), MethodConfig()

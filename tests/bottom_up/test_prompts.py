@@ -12,7 +12,7 @@ from button_ray.bottom_up import atomic, compose, functions, judge, scenarios
 from button_ray.config import MethodConfig, ScenarioConfig
 from button_ray.llm.contract import LLMRequest
 from button_ray.templates import load_templates
-from tests.bottom_up.conftest import make_item
+from tests.bottom_up.conftest import make_item, model_free_dedup
 from tests.fakes import ScriptedLLM
 from tests.oracles.bottom_up import respond
 
@@ -73,8 +73,8 @@ async def test_oracle_answers_satisfy_the_schemas_they_were_asked_with() -> None
     llm = ScriptedLLM(respond)
     for i in range(20):
         assert (await build_bundle(make_item(f"run0/s{i}/0"), llm, CFG)).bundle is not None
-    await scenarios.extract_scenario("user: my parcel is late\nassistant: let me check", 0, llm, CFG)
-    await scenarios.expand_scenario("tracking a parcel", 0, llm, CFG)
+    await scenarios.build_scenario_pool(["tracking a parcel"], ["user: my parcel is late\nassistant: let me check"],
+                                        3, llm, CFG, ScenarioConfig(), deduplicator=model_free_dedup())
     roles = set()
     for request in llm.requests:
         roles.add(request.role)
