@@ -220,6 +220,19 @@ LINEAGE_FIELDS = [
     pa.field("shard", pa.string()),
 ]
 
+# The fields both tables carry, at the same places: which input an item came from, and
+# what it cost.
+_ITEM_FIELDS = [
+    pa.field("scenario_id", pa.string()),
+    pa.field("scenario", pa.string()),
+    pa.field("slot", pa.int32()),
+]
+_USAGE_FIELDS = [
+    pa.field("llm_calls", pa.int32()),
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("completion_tokens", pa.int64()),
+]
+
 ACCEPTED_SCHEMA = pa.schema(
     [
         pa.field("record_id", pa.string(), nullable=False),
@@ -229,9 +242,7 @@ ACCEPTED_SCHEMA = pa.schema(
         # A JSON string, not structs: the parameters' JSON Schemas differ from function to
         # function, and Arrow would merge them into one struct type padded with nulls.
         pa.field("tools", pa.string(), metadata={"doc": "JSON: the functions as OpenAI tools"}),
-        pa.field("scenario_id", pa.string()),
-        pa.field("scenario", pa.string()),
-        pa.field("slot", pa.int32()),
+        *_ITEM_FIELDS,
         pa.field("atomic_task", pa.string()),
         pa.field("strategy", pa.string()),
         pa.field("subtasks", pa.list_(pa.string())),
@@ -242,9 +253,7 @@ ACCEPTED_SCHEMA = pa.schema(
         pa.field("calls", pa.int32()),
         pa.field("calls_per_turn", pa.list_(pa.int32())),
         pa.field("clarifications", pa.int32()),
-        pa.field("llm_calls", pa.int32()),
-        pa.field("prompt_tokens", pa.int64()),
-        pa.field("completion_tokens", pa.int64()),
+        *_USAGE_FIELDS,
         *LINEAGE_FIELDS,
     ]
 )
@@ -256,12 +265,8 @@ REJECTED_SCHEMA = pa.schema(
         pa.field("stage", pa.string()),
         pa.field("reason", pa.string()),
         pa.field("detail", pa.string()),
-        pa.field("scenario_id", pa.string()),
-        pa.field("scenario", pa.string()),
-        pa.field("slot", pa.int32()),
-        pa.field("llm_calls", pa.int32()),
-        pa.field("prompt_tokens", pa.int64()),
-        pa.field("completion_tokens", pa.int64()),
+        *_ITEM_FIELDS,
+        *_USAGE_FIELDS,
         *LINEAGE_FIELDS,
     ]
 )

@@ -12,14 +12,7 @@ import asyncio
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from button_ray.bottom_up.common import (
-    clean_text,
-    copied_from_prompt,
-    parse_json_as,
-    run_item_step,
-    text_schema,
-    word_count,
-)
+from button_ray.bottom_up.common import checked_text, clean_text, parse_json_as, run_item_step, text_schema
 from button_ray import quality
 from button_ray.config import ContentConfig, MethodConfig
 from button_ray.errors import ParseError
@@ -73,14 +66,7 @@ def parse(
     """The task text; ``empty_output``/``bad_json``/``schema_mismatch``/``too_long``/
     ``copied_from_prompt`` (checked only when ``prompt_text`` is given) otherwise. With
     ``content``, ``degenerate_text`` too (see :class:`~button_ray.config.ContentConfig`)."""
-    task = clean_text(parse_json_as(AtomicTaskOutput, response.text).task)
-    if not task:
-        raise ParseError("schema_mismatch", "task is blank")
-    words = word_count(task)
-    if words > max_words:
-        raise ParseError("too_long", f"{words} words > {max_words}: {task[:200]}", malformed=False)
-    if prompt_text is not None and copied_from_prompt(task, prompt_text):
-        raise ParseError("copied_from_prompt", task[:200], malformed=False)
+    task = checked_text(clean_text(parse_json_as(AtomicTaskOutput, response.text).task), "task", max_words, prompt_text)
     if content is not None:
         degenerate = quality.first_degenerate([("atomic task", task)], content)
         if degenerate:

@@ -125,6 +125,21 @@ def copied_from_prompt(text: str, prompt: str) -> bool:
     )
 
 
+def checked_text(text: str, what: str, max_words: int, prompt: str | None) -> str:
+    """``text`` if it breaks none of the rules of a bottom-up free text: not blank
+    (``schema_mismatch``, naming ``what``), at most ``max_words`` words (``too_long``), and,
+    when ``prompt`` is given, not lifted from it (``copied_from_prompt``). The last two
+    parse fine and break a rule, so they are retried but not counted as malformed."""
+    if not text:
+        raise ParseError("schema_mismatch", f"{what} is blank")
+    words = word_count(text)
+    if words > max_words:
+        raise ParseError("too_long", f"{words} words > {max_words}: {text[:200]}", malformed=False)
+    if prompt is not None and copied_from_prompt(text, prompt):
+        raise ParseError("copied_from_prompt", text[:200], malformed=False)
+    return text
+
+
 def text_schema(max_chars: int, max_words: int | None = None) -> dict[str, Any]:
     """JSON schema of a bottom-up free-text field (a task, a sub-task, a description);
     ``max_words`` is the word bound the plain-text grammar applies (see :mod:`.json_grammar`)."""

@@ -22,16 +22,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from button_ray.bottom_up.common import (
-    clean_text,
-    copied_from_prompt,
-    make_request,
-    normalize,
-    parse_json_as,
-    word_count,
-)
+from button_ray.bottom_up.common import checked_text, clean_text, make_request, normalize, parse_json_as
 from button_ray.config import MethodConfig, ScenarioConfig
-from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMClient, LLMResponse, Role
 from button_ray.records import Scenario, StageUsage, scenario_id, stable_id
 from button_ray.steps import StepResult, run_step
@@ -188,14 +180,7 @@ def parse_scenario(response: LLMResponse, max_words: int, prompt: str | None = N
     because naming a conversation's scenario in its own words is legitimate.
     """
     text = clean_text(parse_json_as(ScenarioOutput, response.text).scenario).strip("\"'").rstrip(".").strip()
-    if not text:
-        raise ParseError("schema_mismatch", "scenario is blank")
-    words = word_count(text)
-    if words > max_words:
-        raise ParseError("too_long", f"{words} words > {max_words}: {text[:200]}", malformed=False)
-    if prompt is not None and copied_from_prompt(text, prompt):
-        raise ParseError("copied_from_prompt", text, malformed=False)
-    return text
+    return checked_text(text, "scenario", max_words, prompt)
 
 
 async def _scenario_step(
