@@ -197,10 +197,14 @@ class VLLMEngine:
         Both take tens of seconds of blocking work, so they run in a worker thread and
         the actor's event loop stays responsive meanwhile.
         """
-        self._llm = await asyncio.to_thread(self._build)
+        # The engine comes back in a list emptied here: the worker thread's finished frame
+        # and the executor's futures stay alive after the call (held from inside vLLM's
+        # start), and as their result the AsyncLLM itself would outlive shutdown().
+        built = await asyncio.to_thread(self._build)
+        self._llm = built.pop()
         self._tokenizer = self._llm.get_tokenizer()
 
-    def _build(self) -> Any:
+    def _build(self) -> list[Any]:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -214,9 +218,8 @@ class VLLMEngine:
         log.info("starting %s with %s (CPU threads bind: %s)", self._version, kwargs, self._threads_bind)
         # Built outside the event loop, AsyncLLM starts its output handler lazily on the
         # first request (vLLM allows this so AsyncLLM can be created before a loop runs).
-        return AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**kwargs), stat_loggers=[_stat_logger_factory(self._counters)]
-        )
+        engine_args = AsyncEngineArgs(**kwargs)
+        return [AsyncLLM.from_engine_args(engine_args, stat_loggers=[_stat_logger_factory(self._counters)])]
 
     def _prompt_token_ids(self, request: LLMRequest) -> list[int]:
         """The chat template applied with the engine's own tokenizer, as token ids."""
