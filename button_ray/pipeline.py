@@ -7,8 +7,8 @@
 Each pipeline actor runs many items at once: every Ray Data task carries one small
 block, the actor accepts ``items_in_flight_per_actor`` concurrent calls, and each item
 is its own coroutine. Nothing waits for a batch of LLM calls as a whole, so engines see
-a steady stream (promise 1). Items carry their shard key; the driver commits a shard
-as soon as its last item arrives (promise 3) and keeps only unfinished shards in memory.
+a steady stream. Items carry their shard key; the driver commits a shard as soon as its
+last item arrives and keeps only unfinished shards in memory.
 The source is lazy too: the driver hands Ray Data one row per pending shard, and one
 Ray Data task expands shards into item rows, at most a window of items ahead of the
 driver (:class:`SourceGate`), so memory does not grow with the size of the run.
@@ -31,11 +31,11 @@ import ray
 from button_ray import summary as summ
 from button_ray.card import write_card
 from button_ray.config import MethodConfig, RunConfig
+from button_ray.errors import LLMUnavailableError
 from button_ray.inputs import input_options, read_scenarios
-from button_ray.llm.pool import LLMUnavailableError, PoolClient
+from button_ray.llm.pool import PoolClient
 from button_ray.llm.replica import Pools, start_pools, stop_pools
 from button_ray.near_dup import NearDuplicateIndex, index_for
-from button_ray.prompts import template_hashes
 from button_ray.records import (
     ACCEPTED_SCHEMA,
     REJECTED_SCHEMA,
@@ -371,7 +371,9 @@ class ShardSink:
         self._manifest_at = time.monotonic()
 
 
-def _init_ray(cfg: RunConfig) -> None:
+def init_ray(cfg: RunConfig) -> None:
+    """Join the cluster ``cfg`` names (``runtime.ray_address``, else ``RAY_ADDRESS``), else
+    start a private local one; nothing when Ray is up already."""
     if ray.is_initialized():
         return
     # Without an address, start a private local cluster: a bare ray.init() would join
@@ -410,7 +412,10 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
     never what is committed.
     """
     started = time.monotonic()
-    hashes = template_hashes()
+    # Read once, before anything else: a missing or malformed template stops the job before
+    # Ray starts, and the workers render the very texts the fingerprint hashed.
+    cfg = cfg.with_templates()
+    hashes = cfg.method.templates().hashes()
     fingerprint = cfg.fingerprint(hashes)
 
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
@@ -466,7 +471,7 @@ def run_generate(cfg: RunConfig, limit: int | None = None) -> dict[str, Any]:
 def _run_pending(cfg: RunConfig, fingerprint: str, hashes: dict[str, str], pending: list[ShardPlan],
                  scenarios: list[Scenario], sink: ShardSink, progress: summ.Progress) -> dict[str, Any]:
     """Start Ray and the engines, stream the pending shards into ``sink``; the replicas' metrics."""
-    _init_ray(cfg)
+    init_ray(cfg)
     pools, infos = start_pools(cfg.pools)
     engines_up = time.monotonic()
     progress.probe = lambda: _engine_activity(pools, engines_up)

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 from button_ray.config import ContentConfig
 from button_ray.records import FunctionDef, Turn
-from button_ray.top_down.schema import canonical_types, value_matches
+from button_ray.specs import canonical_types, value_matches
 
 # A number (an ordinal suffix dropped: "3rd" is 3) or a run of letters.
 _TOKEN = re.compile(r"(\d+(?:[.,]\d+)*)(?:(?:st|nd|rd|th)(?![^\W\d_]))?|[^\W\d_]+")
@@ -333,12 +333,6 @@ def uncovered_subtask(turns: Sequence[Turn], groups: Sequence[Sequence[FunctionD
 
 
 # ----------------------------------------------------------------------------- the trajectory rules
-
-
-#: Reason codes of the dialogue rules, in the order they are checked.
-TRAJECTORY_REASONS = (
-    "degenerate_text", "copied_turn", "ungrounded_argument", "nonconforming_result", "uncovered_subtask",
-)  # fmt: skip
 
 
 def trajectory_content_problem(

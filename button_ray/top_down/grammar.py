@@ -17,7 +17,7 @@ Two strengths (``config.Strength``, docs/constraints.md):
   (strings with JSON escapes), arrays and objects of any size, numbers of any size;
   ``max_tokens`` is the only bound. For strong models.
 - ``tight`` adds the bounds of ``config.TightConstraints``: text is a bounded number of
-  words (see :func:`schema.word_bound`), each word a bounded run of visible characters.
+  words (see :func:`button_ray.gbnf.word_bound`), each word a bounded run of visible characters.
   Both bounds matter. Without a word-length bound a 135M model, out of words, glues
   characters together until ``max_tokens`` (seen on SmolLM2-135M: 80% truncated turns).
   A plain character bound (``[^<]{1,400}``) compiles slowly, because xgrammar builds a
@@ -37,8 +37,9 @@ from typing import Any, Sequence
 
 from button_ray.button_format import dump_json
 from button_ray.config import Strength, TightConstraints
+from button_ray.gbnf import BOUNDED_SCALAR_RULES, gbnf_literal, json_literal, word_bound
 from button_ray.records import FunctionDef
-from button_ray.top_down.schema import canonical_types, word_bound
+from button_ray.specs import canonical_types
 
 #: Characters a *plain* prose word may not hold (``TightConstraints.plain_prose``): besides
 #: ``<``, the marks of code and JSON, so a thought or an answer cannot be a code block,
@@ -58,18 +59,6 @@ jarr ::= "[" (jvalue (", " jvalue)*)? "]"
 jobj ::= "{" (jstr ": " jvalue (", " jstr ": " jvalue)*)? "}"
 jscalar ::= jvalue
 """
-
-
-def gbnf_literal(text: str) -> str:
-    """``text`` as a GBNF string literal."""
-    escaped = (
-        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    )
-    return f'"{escaped}"'
-
-
-def _json_literal(value: Any) -> str:
-    return gbnf_literal(dump_json(value))
 
 
 class _Rules:
@@ -116,9 +105,7 @@ class _Rules:
             'sep ::= " " | "\\n" | "\\n\\n"',
             f'jstr ::= "\\"" (vword (" " vword){{0,{word_bound(t.value_max_chars) - 1}}})? "\\""',
             f'vword ::= [^"\\\\<\\x00-\\x20]{{1,{t.value_word_chars}}}',
-            'jint ::= "-"? ("0" | [1-9] [0-9]{0,11})',
-            'jnum ::= jint ("." [0-9]{1,6})?',
-            'jbool ::= "true" | "false"',
+            *BOUNDED_SCALAR_RULES.splitlines(),
             "jscalar ::= jstr | jnum | jbool",
             f'jobj ::= "{{" (jstr ": " jscalar (", " jstr ": " jscalar){{0,{t.max_object_keys - 1}}})? "}}"',
         ])
@@ -127,7 +114,7 @@ class _Rules:
         """The expression of one JSON value described by a parameter/result ``spec``."""
         enum = spec.get("enum") if isinstance(spec, dict) else None
         if isinstance(enum, list) and enum and all(isinstance(e, (str, int, float, bool)) for e in enum):
-            return "(" + " | ".join(_json_literal(e) for e in enum) + ")"
+            return "(" + " | ".join(json_literal(e) for e in enum) + ")"
         types = canonical_types(spec)
         if len(types) != 1:
             return "jscalar"
@@ -155,7 +142,7 @@ class _Rules:
         each optional, in declaration order."""
 
         def pair(name: str) -> str:
-            return f'{_json_literal(name)} ": " {self.value(props.get(name, {}), depth)}'
+            return f'{json_literal(name)} ": " {self.value(props.get(name, {}), depth)}'
 
         required = [p for p in required if p in props]
         optional = [p for p in props if p not in required]

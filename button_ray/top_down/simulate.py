@@ -19,12 +19,13 @@ from typing import Any, Callable
 from button_ray import quality
 from button_ray.button_format import assistant_content, to_button_messages, tool_content, validate_button_record
 from button_ray.config import MethodConfig
+from button_ray.errors import RecordError
 from button_ray.llm.contract import ChatMessage, LLMClient, LLMRequest, LLMResponse
 from button_ray.records import ToolCall, TrajectoryStats, Turn, WorkItem, stable_id
+from button_ray.specs import call_key
 from button_ray.steps import ParseError, StepResult, run_step
 from button_ray.top_down import agents
 from button_ray.top_down.filter import filter_problem
-from button_ray.top_down.schema import call_key
 
 ROLES = ("user_agent", "assistant_agent", "tool_agent")
 
@@ -34,7 +35,7 @@ def choose_parallel(item_id: str, ratio: float) -> bool:
     return int(stable_id(item_id, "parallel", length=12), 16) / 16**12 < ratio
 
 
-class _Rejected(Exception):
+class _Rejected(RecordError):
     """Ends a simulation early; carries the rejection."""
 
     def __init__(self, stage: str, reason: str, detail: str = "") -> None:
@@ -146,7 +147,7 @@ class _Simulation:
         self.results.update(zip(todo, outcomes))
         results = tuple(self.results[k] for k in keys)
         self.turns.append(Turn(role="tool", results=results))
-        self.assistant_chat.append(agents.results_message(tool_content(calls, results)))
+        self.assistant_chat.append(agents.results_message(self.ctx, tool_content(calls, results)))
 
     async def run(self) -> None:
         await self._user_message()

@@ -13,11 +13,11 @@ from xgrammar.testing import _is_grammar_accept_string
 from button_ray.bottom_up import functions
 from button_ray.bottom_up.common import output_constraint
 from button_ray.config import MethodConfig, TightConstraints
+from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMResponse
 from button_ray.records import Composition, FunctionDef, ToolCall
-from button_ray.steps import ParseError
+from button_ray.specs import call_problem
 from button_ray.top_down.grammar import assistant_grammar, tool_result_grammar, user_message_grammar
-from button_ray.top_down.schema import call_problem
 
 TRACK = FunctionDef(
     name="track_shipment_by_reference_number",  # 34 characters
