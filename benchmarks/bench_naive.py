@@ -1,4 +1,4 @@
-"""The naive-loop baseline (issue 5): the BUTTON method the way users run it without us.
+"""The naive-loop baseline: the BUTTON method the way users run it without us.
 
 What it measures
 ----------------
@@ -101,15 +101,9 @@ from benchmarks.common import (REPO, RESULTS_DIR, ProcessCpu, cpu_table, feed_wi
 from button_ray import summary as summ
 from button_ray.bottom_up import build_bundle
 from button_ray.config import MethodConfig, PoolConfig, RunConfig, load_config
+from button_ray.errors import LLMRequestError
 from button_ray.inputs import read_scenarios
-from button_ray.llm.contract import (
-    ChatMessage,
-    LLMRequest,
-    LLMRequestError,
-    LLMResponse,
-    OutputConstraint,
-    Sampling,
-)
+from button_ray.llm.contract import ChatMessage, LLMRequest, LLMResponse, OutputConstraint, Sampling
 from button_ray.llm.embedded import model_display_name, resolve_model
 from button_ray.llm.vllm_engine import cpu_threads_bind, engine_args_kwargs
 from button_ray.pipeline import make_items

@@ -25,10 +25,9 @@ from typing import Any, NamedTuple, Sequence
 
 import fsspec
 
-from button_ray.prompts import template_text
 from button_ray.records import FunctionDef, ToolCall, Turn
+from button_ray.templates import system_template
 
-SYSTEM_TEMPLATE_FILE = "system_template.txt"
 PARALLEL_OFF = (
     "You should call one function at a time, and wait for the response before calling the next function."
 )
@@ -61,7 +60,7 @@ def _fill(tool_list: str, parallel: str) -> str:
     # One pass over the template, so a function description that happens to contain
     # "{parallel}" is not substituted a second time.
     values = {"tool_list": tool_list, "parallel": parallel}
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template_text(SYSTEM_TEMPLATE_FILE))
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], system_template())
 
 
 def render_system_prompt(functions: Sequence[FunctionDef], parallel: bool) -> str:
@@ -159,7 +158,7 @@ def parse_button_messages(messages: Sequence[dict[str, str]]) -> tuple[list[dict
 
 def _split_system(content: str) -> tuple[str | None, bool | None, list[str]]:
     """Find the tool list and the parallel mode in a system prompt, or say why not."""
-    template = template_text(SYSTEM_TEMPLATE_FILE)
+    template = system_template()
     head, _, tail = template.partition("{tool_list}")
     if not content.startswith(head):
         return None, None, ["system: text before {tool_list} differs from the BUTTON template"]

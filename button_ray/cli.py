@@ -6,7 +6,6 @@ Configuration problems are reported before Ray or any engine starts, naming the 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -28,6 +27,9 @@ def _load(args: argparse.Namespace):
     overrides = list(args.set or [])
     if getattr(args, "output", None):
         overrides.append(f"output.uri={args.output}")
+    if getattr(args, "prompts", None):
+        # JSON quoting: override values are read as YAML, and a path may hold ': ' or '#'.
+        overrides.append(f"method.prompts_dir={json.dumps(str(args.prompts))}")
     return load_config(args.config, overrides)
 
 
@@ -51,32 +53,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _no_engine(exc: Exception, then: str) -> str:
-    return f"button-ray: the job stopped, no engine answered: {exc}; {then}"
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from button_ray import summary
-    from button_ray.inputs import InputError
-    from button_ray.llm.pool import LLMUnavailableError
-    from button_ray.llm.replica import EngineStartError
     from button_ray.pipeline import run_generate
-    from button_ray.plan import TargetError
-    from button_ray.sink import OutputError
 
     if args.target_accepted is not None and args.num_scenarios is not None:
         print("button-ray: --target-accepted and --num-scenarios both say how much to run: give one",
               file=sys.stderr)
         return 2
     cfg = _load(args)
-    try:
-        result = run_generate(cfg, limit=args.num_scenarios, target_accepted=args.target_accepted)
-    except (OutputError, InputError, EngineStartError, TargetError) as exc:
-        print(f"button-ray: {exc}", file=sys.stderr)
-        return 2
-    except LLMUnavailableError as exc:
-        print(_no_engine(exc, "committed shards are kept, and the same command resumes the run"), file=sys.stderr)
-        return 3
+    result = run_generate(cfg, limit=args.num_scenarios, target_accepted=args.target_accepted)
     summary.render(result)
     print(f"output: {cfg.output.uri} (summary.json, manifest.json)")
     target = result.get("target")
@@ -94,22 +80,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     from button_ray import plan, summary
     from button_ray.card import render_examples
-    from button_ray.inputs import InputError
-    from button_ray.llm.pool import LLMUnavailableError
-    from button_ray.llm.replica import EngineStartError
     from button_ray.pipeline import run_plan
-    from button_ray.sink import OutputError
 
     cfg = _load(args)
-    try:
-        doc = run_plan(cfg, sample=args.sample, target=args.target, throughput=args.throughput,
-                       examples=args.examples)
-    except (OutputError, InputError, EngineStartError, plan.ClusterFitError) as exc:
-        print(f"button-ray: {exc}", file=sys.stderr)
-        return 2
-    except LLMUnavailableError as exc:
-        print(_no_engine(exc, "the output was not written to; run the plan again"), file=sys.stderr)
-        return 3
+    doc = run_plan(cfg, sample=args.sample, target=args.target, throughput=args.throughput, examples=args.examples)
     Console(width=120).print(summary.funnel_table(doc["sample"]["funnel"]))
     render_examples([(e["record_id"], e["messages"]) for e in doc["sample"]["examples"]])
     plan.render(doc)
@@ -190,10 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="button-ray", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, prompts: bool = True) -> None:
         p.add_argument("--config", type=Path, help="YAML config (default: built-in defaults)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config field, e.g. --set method.parallel_ratio=0.7")
+        if prompts:
+            p.add_argument("--prompts", type=Path, metavar="DIR",
+                           help="read the prompt templates from DIR (a copy of prompts/); overrides "
+                                "method.prompts_dir")
 
     g = sub.add_parser("generate", help="generate BUTTON trajectories (resumes an existing output)")
     common(g)
@@ -252,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("filter", help="keep the records of a BUTTON .jsonl file that pass the structure and "
                        "content rules (method.* settings of the config); report every dropped line")
-    common(f)
+    common(f, prompts=False)
     f.add_argument("input", help="a BUTTON JSON Lines file (ours or anyone's)")
     f.add_argument("out", help="the .jsonl file to write the kept records to")
     f.add_argument("--report", help="write a JSON report: counts per reason and one entry per dropped line")
@@ -266,17 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from button_ray.config import ConfigError
-    from button_ray.sink import OutputError
+    from button_ray.errors import LLMUnavailableError, UserError
 
     try:
         return args.fn(args)
     except ValidationError as exc:
         print(f"button-ray: {_config_error(exc)}", file=sys.stderr)
         return 2
-    except (ConfigError, OutputError, FileNotFoundError) as exc:
+    except (UserError, FileNotFoundError) as exc:
+        # FileNotFoundError: a path named on the command line (validate, export) that is not there.
         print(f"button-ray: {exc}", file=sys.stderr)
         return 2
+    except LLMUnavailableError as exc:
+        print(f"button-ray: the job stopped, no engine answered: {exc}; what was committed is kept, "
+              "and the same command resumes", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

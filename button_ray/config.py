@@ -15,21 +15,21 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 
+from button_ray.errors import ConfigError
+from button_ray.frozen import Frozen
 from button_ray.llm.contract import ROLES, Role, Sampling
+from button_ray.records import GENERATED_FUNCTION_NAME_PATTERN, PARAMETER_NAME_PATTERN
+
+if TYPE_CHECKING:
+    from button_ray.templates import Templates
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be read (field errors are ValidationErrors)."""
-
-
-class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class _Config(Frozen):
     #: Fields whose value changes what a run writes: they go into the fingerprint.
     OUTPUTS: ClassVar[frozenset[str]] = frozenset()
     #: Fields that change speed, placement or where things go, never a record.
@@ -93,7 +93,8 @@ class TightConstraints(_Config):
     """
 
     OUTPUTS = frozenset({"thought_max_chars", "message_max_chars", "value_max_chars", "prose_word_chars",
-                         "value_word_chars", "max_list_items", "max_object_keys", "plain_prose", "plain_text"})
+                         "value_word_chars", "max_list_items", "max_object_keys", "plain_prose", "plain_text",
+                         "grounded_arguments"})
 
     thought_max_chars: int = Field(
         400, ge=16, le=8000, description="Bound on the assistant's thought before <call>/<final>."
@@ -128,6 +129,13 @@ class TightConstraints(_Config):
         "of <>[]{}_\"\\ (see bottom_up/json_grammar.py). A small model can then not fill a field with "
         "template placeholders, JSON fragments, snake_case tool names or a phrase repeated to max_tokens.",
     )
+    grounded_arguments: bool = Field(
+        False,
+        description="A typed string or number argument of a call may only be a phrase (1-5 words) or a number "
+        "that the user's messages or earlier tool results stated (one grammar per turn): a tiny model otherwise "
+        "invents the values the grounding rule rejects. Enum values stay the declared ones.",
+    )
+
 
 class ContentConfig(_Config):
     """Content rules (``docs/quality.md``): cheap checks, no LLM, each one a named reason in
@@ -138,7 +146,7 @@ class ContentConfig(_Config):
 
     OUTPUTS = frozenset({
         "degeneration", "repeat_ngram", "max_repeated_share", "pattern_ngram", "max_pattern_repeats",
-        "sentence_min_words", "copied_turn_similarity", "copied_turn_min_words", "grounding",
+        "sentence_min_words", "copied_turn_similarity", "copied_turn_min_words", "final_min_words", "grounding",
         "grounding_min_overlap", "result_conformance", "plan_coverage", "relevance_min_similarity",
         "relevance_model", "subtask_max_similarity", "near_duplicate_threshold", "near_duplicate_permutations",
         "near_duplicate_bands", "near_duplicate_capacity",
@@ -187,6 +195,12 @@ class ContentConfig(_Config):
         ge=1,
         description="Texts shorter than this are not compared for copied_turn: a short acknowledgement "
         "('Next step.') said twice is not a copy of a turn.",
+    )
+    final_min_words: int = Field(
+        3,
+        ge=0,
+        description="A final answer holds at least this many words or numbers (reason short_final_answer): "
+        "BUTTON's final answer is a summary of the results, not a bracket or a single word. 0: off.",
     )
     grounding: Literal["off", "lenient", "strict"] = Field(
         "lenient",
@@ -284,6 +298,8 @@ class MethodConfig(_Config):
         "atomic_task_max_words", "reject_prompt_copies", "pin_first_subtask", "min_calls",
         "min_assistant_turns", "sampling", "content",
     })
+    # The templates' contents are in the fingerprint (RunConfig.fingerprint); where they lie is not.
+    NOT_OUTPUTS = frozenset({"prompts_dir"})
 
     atomic_tasks_per_scenario: int = Field(2, ge=1, le=64, description="Items (slots) per scenario.")
     strategy_mix: dict[Literal["sequential", "parallel_then_sequential"], float] = Field(
@@ -377,7 +393,7 @@ class MethodConfig(_Config):
         "lets a pure-reasoning sub-task have none (0); 1 gives every sub-task a call to make.",
     )
     function_name_pattern: str = Field(
-        r"^[A-Za-z_][A-Za-z0-9_]{0,47}$",
+        GENERATED_FUNCTION_NAME_PATTERN,
         description="Regex every generated function name must match (sent in the constraint). Anchored, "
         "a subset of the record's name pattern; with plain_text only classes, groups, | and quantifiers up "
         "to 128.",
@@ -389,7 +405,7 @@ class MethodConfig(_Config):
         "model's functions to its sub-task instead of the prompt's example, and keeps names general.",
     )
     parameter_name_pattern: str = Field(
-        r"^[A-Za-z_][A-Za-z0-9_]{0,31}$",
+        PARAMETER_NAME_PATTERN,
         description="Regex every parameter and result name of a generated function must match (sent in "
         "the constraint; same regex subset as function_name_pattern).",
     )
@@ -411,6 +427,32 @@ class MethodConfig(_Config):
     min_assistant_turns: int = Field(2, ge=1, description="Trajectory filter: minimum assistant turns.")
     sampling: StageSampling = StageSampling()
     content: ContentConfig = ContentConfig()
+    prompts_dir: str | None = Field(
+        None,
+        description="Directory of the prompt templates, e.g. a copy of the repository's prompts/ adapted to a "
+        "model. None: the shipped ones. It must hold every template; their contents go into the fingerprint "
+        "and the records' lineage, its path does not.",
+    )
+    # The templates read once by the driver (with_templates): they travel with the config to
+    # the Ray workers, which then never read a prompt directory of their own, and a file
+    # edited mid-run cannot make the prompts differ from the fingerprint's.
+    _templates: Templates | None = PrivateAttr(None)
+
+    def templates(self) -> Templates:
+        """The prompt templates this config renders (:mod:`button_ray.templates`): those
+        :meth:`with_templates` read, else read from ``prompts_dir`` now. Raises
+        :class:`ConfigError` naming a missing or malformed template."""
+        if self._templates is not None:
+            return self._templates
+        from button_ray.templates import load_templates
+
+        return load_templates(self.prompts_dir)
+
+    def with_templates(self) -> "MethodConfig":
+        """A copy that carries its templates, read now (see :meth:`templates`)."""
+        pinned = self.model_copy()
+        pinned._templates = self.templates()
+        return pinned
 
     def strength(self, role: Role) -> Strength:
         """The constraint strength of ``role`` (``structure`` unless set; a run resolves the
@@ -655,16 +697,21 @@ class RunConfig(_Config):
 
     def resolved_method(self) -> MethodConfig:
         """The method config the stages run with: every role's constraint strength
-        spelled out (``method.constraints`` first, else the serving pool's)."""
+        spelled out (``method.constraints`` first, else the serving pool's), and the
+        prompt templates read (a :class:`ConfigError` if one is missing or malformed)."""
         strengths = {role: self.method.constraints.get(role, self.pool_for(role).constraints) for role in ROLES}
-        return self.method.model_copy(update={"constraints": strengths})
+        return self.method.with_templates().model_copy(update={"constraints": strengths})
+
+    def with_templates(self) -> "RunConfig":
+        """A copy whose method carries its prompt templates (:meth:`MethodConfig.with_templates`):
+        a run reads them once, before Ray starts, and fingerprints and renders those."""
+        return self.model_copy(update={"method": self.method.with_templates()})
 
     def fingerprint(self, template_hashes: dict[str, str] | None = None) -> str:
-        """Hash of the ``OUTPUTS`` fields of every config and of the prompt templates."""
-        from button_ray.prompts import template_hashes as _hashes
-
+        """Hash of the ``OUTPUTS`` fields of every config and of the prompt templates
+        (``template_hashes``, else those of ``method.templates()``)."""
         payload = {"config": self.fingerprint_payload(),
-                   "templates": template_hashes if template_hashes is not None else _hashes()}
+                   "templates": template_hashes if template_hashes is not None else self.method.templates().hashes()}
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -22,8 +22,9 @@ from typing import Any, Callable
 
 from fsspec.implementations.local import LocalFileSystem
 
+from button_ray.errors import OutputError
 from button_ray.formats import sharegpt_dataset_info, to_openai, to_sharegpt
-from button_ray.sink import OutputError, OutputStore, committed_manifest, iter_committed
+from button_ray.sink import OutputStore, committed_manifest, iter_committed
 
 
 def _button(messages: list[dict[str, str]]) -> dict[str, Any]:

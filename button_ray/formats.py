@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from button_ray.button_format import dump_json, parallel_sentence, parse_button_messages
 from button_ray.records import Turn
-from button_ray.top_down.schema import canonical_types
+from button_ray.specs import canonical_types
 
 #: LLaMA-Factory's ShareGPT role tags (its defaults, written out in the dataset_info entry).
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",

@@ -18,18 +18,10 @@ from typing import Any, Iterator
 import fsspec
 
 from button_ray.config import ScenarioConfig
-from button_ray.records import Scenario, stable_id
+from button_ray.errors import InputError
+from button_ray.records import Scenario, scenario_id
 
 _FORMATS = (".txt", ".jsonl", ".json", ".parquet")
-
-
-class InputError(ValueError):
-    """The scenario input cannot be read; the message names the file, the line and the problem."""
-
-
-def scenario_id(text: str) -> str:
-    """Content-addressed id: the same scenario text has the same id in every run."""
-    return stable_id("scenario", " ".join(text.lower().split()))
 
 
 def input_options(cfg: ScenarioConfig, output_options: dict[str, Any] | None) -> dict[str, Any]:

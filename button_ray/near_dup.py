@@ -25,7 +25,6 @@ from button_ray.config import ContentConfig
 from button_ray.quality import tokens
 
 _PRIME = np.uint64(4294967291)  # the largest prime below 2**32
-_MASK32 = (1 << 32) - 1
 #: Band keys held in a dict before they are merged into the sorted arrays: few enough to
 #: be a fixed amount of memory, many enough that merges (linear in the index) are rare.
 _BUFFER = 1 << 15

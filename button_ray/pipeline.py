@@ -7,8 +7,8 @@
 Each pipeline actor runs many items at once: every Ray Data task carries one small
 block, the actor accepts ``items_in_flight_per_actor`` concurrent calls, and each item
 is its own coroutine. Nothing waits for a batch of LLM calls as a whole, so engines see
-a steady stream (promise 1). Items carry their shard key; the driver commits a shard
-as soon as its last item arrives (promise 3) and keeps only unfinished shards in memory.
+a steady stream. Items carry their shard key; the driver commits a shard as soon as its
+last item arrives and keeps only unfinished shards in memory.
 The source is lazy too: the driver hands Ray Data one row per pending shard, and one
 Ray Data task expands shards into item rows, at most a window of items ahead of the
 driver (:class:`SourceGate`), so memory does not grow with the size of the run.
@@ -32,13 +32,12 @@ import ray
 from button_ray import summary as summ
 from button_ray.card import collect, write_card
 from button_ray.config import ITEM_SOURCE_CPUS, MethodConfig, OutputConfig, RunConfig
+from button_ray.errors import ClusterFitError, LLMUnavailableError, TargetError
 from button_ray.inputs import input_options, read_scenarios
-from button_ray.llm.pool import LLMUnavailableError, PoolClient
+from button_ray.llm.pool import PoolClient
 from button_ray.llm.replica import Pools, start_pools, stop_pools
 from button_ray.near_dup import NearDuplicateIndex, index_for
 from button_ray.plan import (
-    ClusterFitError,
-    TargetError,
     cluster_fit,
     estimate,
     expected_shortfall,
@@ -49,7 +48,6 @@ from button_ray.plan import (
     round_scenarios,
     throughput_assumption,
 )
-from button_ray.prompts import template_hashes
 from button_ray.records import (
     ACCEPTED_SCHEMA,
     REJECTED_SCHEMA,
@@ -399,7 +397,9 @@ class ShardSink:
         self._manifest_at = time.monotonic()
 
 
-def _init_ray(cfg: RunConfig) -> None:
+def init_ray(cfg: RunConfig) -> None:
+    """Join the cluster ``cfg`` names (``runtime.ray_address``, else ``RAY_ADDRESS``), else
+    start a private local one; nothing when Ray is up already."""
     if ray.is_initialized():
         return
     # Without an address, start a private local cluster: a bare ray.init() would join
@@ -433,6 +433,7 @@ def _recorded_config(cfg: RunConfig) -> dict[str, Any]:
 class Preflight:
     """What a run checks before it claims its output (``generate`` and ``plan`` alike)."""
 
+    cfg: RunConfig  #: the config carrying its prompt templates, read once
     fingerprint: str
     template_hashes: dict[str, str]
     store: OutputStore
@@ -440,17 +441,21 @@ class Preflight:
 
 
 def preflight(cfg: RunConfig, limit: int | None = None) -> Preflight:
-    """The config's fingerprint, a probe written to the output, the input read whole.
+    """The prompt templates read, the config's fingerprint, a probe written to the
+    output, the input read whole.
 
-    A problem fails here with one sentence (an OutputError or InputError), before the
-    output is claimed and before Ray starts. ``limit`` (else ``scenarios.limit``) keeps
-    the first scenarios.
+    A problem fails here with one sentence (a ConfigError, OutputError or InputError),
+    before the output is claimed and before Ray starts. ``limit`` (else
+    ``scenarios.limit``) keeps the first scenarios.
     """
-    hashes = template_hashes()
+    # Read once, before anything else: a missing or malformed template stops the job before
+    # Ray starts, and the workers render the very texts the fingerprint hashed.
+    cfg = cfg.with_templates()
+    hashes = cfg.method.templates().hashes()
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
     store.preflight()
     scenarios = read_scenarios(cfg.scenarios, limit, input_options(cfg.scenarios, cfg.output.storage_options))
-    return Preflight(cfg.fingerprint(hashes), hashes, store, scenarios)
+    return Preflight(cfg, cfg.fingerprint(hashes), hashes, store, scenarios)
 
 
 def next_shards(cfg: RunConfig, fingerprint: str, scenario_ids: list[str], markers: dict[str, dict[str, Any]],
@@ -501,10 +506,11 @@ def run_generate(cfg: RunConfig, limit: int | None = None, target_accepted: int 
     (:func:`button_ray.plan.round_scenarios`), and the stream stops at the commit that
     reaches the target, so the run passes it by less than one shard's items. A pool too
     small to give the target even if every item were accepted fails up front
-    (:class:`~button_ray.plan.TargetError`).
+    (:class:`~button_ray.errors.TargetError`).
     """
     started = time.monotonic()
     pre = preflight(cfg, limit)
+    cfg = pre.cfg
     slots = cfg.method.atomic_tasks_per_scenario
     if target_accepted is not None and (short := pool_shortfall(target_accepted, len(pre.scenarios), slots)):
         raise TargetError(short)
@@ -586,7 +592,7 @@ def _run_rounds(cfg: RunConfig, pre: Preflight, plans: list[ShardPlan], next_rou
     Returns the replicas' metrics by pool, the engines' start time, the time from the
     engines up to the end of the last round, and the number of rounds.
     """
-    _init_ray(cfg)
+    init_ray(cfg)
     begun = time.monotonic()
     pools, infos = start_pools(cfg.pools)
     engines_up = time.monotonic()
@@ -712,11 +718,12 @@ def run_plan(cfg: RunConfig, sample: int = 4, target: int | None = None, through
     Checks what ``generate`` checks before it claims the output (the config, a probe
     written to the output, the input read whole, an output of another config refused),
     then whether the cluster can hold every replica and stage actor at once
-    (a :class:`~button_ray.plan.ClusterFitError` before any engine starts). Then runs
+    (a :class:`~button_ray.errors.ClusterFitError` before any engine starts). Then runs
     the first ``sample`` scenarios on the configured pools into a temporary output
     (never the user's), and measures and estimates from it (:mod:`button_ray.plan`).
     """
     pre = preflight(cfg)
+    cfg = pre.cfg
     existing = pre.store.check_claim(pre.fingerprint)
     slots = cfg.method.atomic_tasks_per_scenario
     notes = []
@@ -724,7 +731,7 @@ def run_plan(cfg: RunConfig, sample: int = 4, target: int | None = None, through
     if short:
         notes.append(short)
         print(f"[button-ray] {short}", flush=True)
-    _init_ray(cfg)
+    init_ray(cfg)
     demand = resource_demand(cfg)
     misfit = cluster_fit(demand, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
     if misfit:

@@ -37,14 +37,6 @@ RANGE_METHOD = (
 )
 
 
-class TargetError(ValueError):
-    """A target count the scenario pool cannot give, or a run that cannot reach it."""
-
-
-class ClusterFitError(RuntimeError):
-    """The cluster cannot hold what the config reserves (the message names what is missing)."""
-
-
 # -- intervals ---------------------------------------------------------------------------
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:

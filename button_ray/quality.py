@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 from button_ray.config import ContentConfig
 from button_ray.records import FunctionDef, Turn
-from button_ray.top_down.schema import canonical_types, value_matches
+from button_ray.specs import canonical_types, value_matches
 
 # A number (an ordinal suffix dropped: "3rd" is 3) or a run of letters.
 _TOKEN = re.compile(r"(\d+(?:[.,]\d+)*)(?:(?:st|nd|rd|th)(?![^\W\d_]))?|[^\W\d_]+")
@@ -335,12 +335,6 @@ def uncovered_subtask(turns: Sequence[Turn], groups: Sequence[Sequence[FunctionD
 # ----------------------------------------------------------------------------- the trajectory rules
 
 
-#: Reason codes of the dialogue rules, in the order they are checked.
-TRAJECTORY_REASONS = (
-    "degenerate_text", "copied_turn", "ungrounded_argument", "nonconforming_result", "uncovered_subtask",
-)  # fmt: skip
-
-
 def trajectory_content_problem(
     turns: Sequence[Turn],
     functions: Sequence[FunctionDef],
@@ -353,6 +347,10 @@ def trajectory_content_problem(
     (:func:`button_ray.top_down.filter.trajectory_problem`). ``groups`` are the functions
     per sub-task; without them (a BUTTON file) plan coverage is skipped.
     """
+    for i, turn in enumerate(turns):
+        problem = short_final(turn, cfg)
+        if problem:
+            return "short_final_answer", f"turn {i}: {problem}"
     if cfg.degeneration:
         for i, what, text in _dialogue_texts(turns):
             problem = degeneration(text, cfg)
@@ -374,6 +372,96 @@ def trajectory_content_problem(
         if problem:
             return "uncovered_subtask", problem
     return None
+
+
+_CLAUSE = re.compile(r"[.,;:!?()\[\]{}\"<>\n]+")
+
+
+def grounding_candidates(turns: Sequence[Turn], max_words: int = 5, limit: int = 400) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The values a call may take from the dialogue so far (``TightConstraints.grounded_arguments``):
+    phrases of 1 to ``max_words`` words of the user's messages and the tool results' strings,
+    within a clause, neither starting nor ending with a stop word (at most ``limit``, in order
+    of appearance), and every number they state. A tiny model given these as the only
+    choices cannot invent an argument."""
+    texts: list[str] = []
+    numbers: list[float] = []
+    for turn in turns:
+        if turn.role == "user":
+            texts.append(turn.content)
+        for result in turn.results:
+            stack: list[Any] = [result]
+            while stack:
+                value = stack.pop()
+                if isinstance(value, str):
+                    texts.append(value)
+                elif isinstance(value, dict):
+                    stack.extend(value.values())
+                elif isinstance(value, list):
+                    stack.extend(value)
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    numbers.append(float(value))
+    phrases: dict[str, None] = {}
+    for text in texts:
+        numbers.extend(float(canonical_number(n)) for m in re.finditer(r"\d+(?:[.,]\d+)*", text)
+                       for n in _number_tokens(m.group(0)))
+        for clause in _CLAUSE.split(text):
+            words = clause.split()
+            for i in range(len(words)):
+                for j in range(i + 1, min(i + max_words, len(words)) + 1):
+                    if words[i].lower() in _STOPWORDS or words[j - 1].lower() in _STOPWORDS:
+                        continue
+                    phrases.setdefault(" ".join(words[i:j]), None)
+    strings = tuple(p for p in phrases if "\\" not in p)[:limit]
+    return strings, tuple(dict.fromkeys(numbers))
+
+
+def short_final(turn: Turn, cfg: ContentConfig) -> str | None:
+    """Why ``turn``'s final answer is too short to be one (``ContentConfig.final_min_words``), or None."""
+    if turn.final is None or not cfg.final_min_words:
+        return None
+    words = len(tokens(turn.final))
+    return f"final answer of {words} words: {turn.final[:60]!r}" if words < cfg.final_min_words else None
+
+
+def new_turn_problem(
+    turns: Sequence[Turn], new: Turn, functions: Sequence[FunctionDef], cfg: ContentConfig
+) -> tuple[str, str] | None:
+    """``(reason, detail)`` for the content rule that ``new``, about to be appended to
+    ``turns``, breaks: its own text degenerate, a copy of an earlier turn, or a call
+    argument the dialogue has not given. Checked as each turn is written, so the step is
+    redrawn (a new seed) instead of the whole trajectory being thrown away at the end;
+    ``turns`` passed these checks already, so any hit is the new turn's.
+    """
+    index = len(turns)
+    problem = short_final(new, cfg)
+    if problem:
+        return "short_final_answer", f"turn {index}: {problem}"
+    if cfg.degeneration:
+        for _, what, text in _dialogue_texts([new]):
+            problem = degeneration(text, cfg)
+            if problem:
+                return "degenerate_text", f"turn {index} ({what}): {problem}"
+    dialogue = [*turns, new]
+    problem = copied_turn(dialogue, cfg)
+    if problem:
+        return "copied_turn", problem
+    if new.calls:
+        problem = ungrounded_argument(dialogue, functions, cfg)
+        if problem:
+            return "ungrounded_argument", problem
+    return None
+
+
+def new_result_problem(result: dict[str, Any], fn: FunctionDef, cfg: ContentConfig) -> tuple[str, str] | None:
+    """``(reason, detail)`` for the content rule a tool result breaks as it is written
+    (degenerate strings, keys or types off the declared responses), or None."""
+    if cfg.degeneration:
+        for text in _strings(result):
+            problem = degeneration(text, cfg)
+            if problem:
+                return "degenerate_text", f"tool result of {fn.name}: {problem}"
+    problem = result_problem(result, fn, cfg.result_conformance)
+    return ("nonconforming_result", problem) if problem else None
 
 
 # ----------------------------------------------------------------------------- bottom-up checks

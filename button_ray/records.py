@@ -16,13 +16,19 @@ import pyarrow as pa
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from button_ray.frozen import Frozen
+
 Strategy = Literal["sequential", "parallel_then_sequential"]
 Outcome = Literal["pending", "emitted", "rejected", "failed"]
+#: The names a record's function may have.
 FUNCTION_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+#: The names a generated function may have by default (``MethodConfig.function_name_pattern``):
+#: a subset of :data:`FUNCTION_NAME_PATTERN`, short enough that a small model cannot ramble
+#: to ``max_tokens`` inside one name.
+GENERATED_FUNCTION_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,47}$"
+#: The names a generated function's parameters and results may have by default
+#: (``MethodConfig.parameter_name_pattern``): identifiers most callers can pass as keywords.
+PARAMETER_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,31}$"
 
 
 def stable_id(*parts: object, length: int = 16) -> str:
@@ -31,12 +37,19 @@ def stable_id(*parts: object, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+def scenario_id(text: str) -> str:
+    """Content-addressed id: the same scenario text (case and spacing aside) has the same
+    id in every run. Record ids and shard keys derive from it, so changing it changes
+    every fingerprinted output."""
+    return stable_id("scenario", " ".join(text.lower().split()))
+
+
 def derive_seed(*parts: object) -> int:
     """A per-request seed derived from record ids, so every run makes the same requests."""
     return int(stable_id(*parts, length=15), 16)
 
 
-class Scenario(_Frozen):
+class Scenario(Frozen):
     """A short everyday situation, the root of every item."""
 
     scenario_id: str
@@ -44,7 +57,7 @@ class Scenario(_Frozen):
     source: str = Field("list", description="'list', 'extraction', 'expansion' or a file name.")
 
 
-class FunctionDef(_Frozen):
+class FunctionDef(Frozen):
     """A function definition in the BUTTON shape (five fields, this order when serialized)."""
 
     name: str = Field(pattern=FUNCTION_NAME_PATTERN)
@@ -64,7 +77,7 @@ class FunctionDef(_Frozen):
         }
 
 
-class Composition(_Frozen):
+class Composition(Frozen):
     """A composite task built from one atomic task by a heuristic strategy."""
 
     strategy: Strategy
@@ -72,7 +85,7 @@ class Composition(_Frozen):
     composite_task: str = Field(min_length=1)
 
 
-class TaskBundle(_Frozen):
+class TaskBundle(Frozen):
     """Everything bottom-up produces for one item; the input of the simulation."""
 
     atomic_task: str
@@ -87,7 +100,7 @@ class TaskBundle(_Frozen):
         return tuple(f for group in self.functions for f in group)
 
 
-class Rejection(_Frozen):
+class Rejection(Frozen):
     """Why an item did not make it; ``reason`` is a machine-readable code."""
 
     stage: str
@@ -112,14 +125,14 @@ class StageUsage(BaseModel):
         self.completion_tokens += other.completion_tokens
 
 
-class ToolCall(_Frozen):
+class ToolCall(Frozen):
     """One function call of an assistant turn."""
 
     name: str
     arguments: dict[str, Any]
 
 
-class Turn(_Frozen):
+class Turn(Frozen):
     """One message of a simulated dialogue (before conversion to the BUTTON format).
 
     ``assistant`` turns carry ``thought`` and either ``calls`` or ``final``; ``tool``
@@ -134,7 +147,7 @@ class Turn(_Frozen):
     results: tuple[dict[str, Any], ...] = ()
 
 
-class TrajectoryStats(_Frozen):
+class TrajectoryStats(Frozen):
     """Shape of an accepted trajectory."""
 
     assistant_turns: int
@@ -207,6 +220,19 @@ LINEAGE_FIELDS = [
     pa.field("shard", pa.string()),
 ]
 
+# The fields both tables carry, at the same places: which input an item came from, and
+# what it cost.
+_ITEM_FIELDS = [
+    pa.field("scenario_id", pa.string()),
+    pa.field("scenario", pa.string()),
+    pa.field("slot", pa.int32()),
+]
+_USAGE_FIELDS = [
+    pa.field("llm_calls", pa.int32()),
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("completion_tokens", pa.int64()),
+]
+
 ACCEPTED_SCHEMA = pa.schema(
     [
         pa.field("record_id", pa.string(), nullable=False),
@@ -216,9 +242,7 @@ ACCEPTED_SCHEMA = pa.schema(
         # A JSON string, not structs: the parameters' JSON Schemas differ from function to
         # function, and Arrow would merge them into one struct type padded with nulls.
         pa.field("tools", pa.string(), metadata={"doc": "JSON: the functions as OpenAI tools"}),
-        pa.field("scenario_id", pa.string()),
-        pa.field("scenario", pa.string()),
-        pa.field("slot", pa.int32()),
+        *_ITEM_FIELDS,
         pa.field("atomic_task", pa.string()),
         pa.field("strategy", pa.string()),
         pa.field("subtasks", pa.list_(pa.string())),
@@ -229,9 +253,7 @@ ACCEPTED_SCHEMA = pa.schema(
         pa.field("calls", pa.int32()),
         pa.field("calls_per_turn", pa.list_(pa.int32())),
         pa.field("clarifications", pa.int32()),
-        pa.field("llm_calls", pa.int32()),
-        pa.field("prompt_tokens", pa.int64()),
-        pa.field("completion_tokens", pa.int64()),
+        *_USAGE_FIELDS,
         *LINEAGE_FIELDS,
     ]
 )
@@ -243,12 +265,8 @@ REJECTED_SCHEMA = pa.schema(
         pa.field("stage", pa.string()),
         pa.field("reason", pa.string()),
         pa.field("detail", pa.string()),
-        pa.field("scenario_id", pa.string()),
-        pa.field("scenario", pa.string()),
-        pa.field("slot", pa.int32()),
-        pa.field("llm_calls", pa.int32()),
-        pa.field("prompt_tokens", pa.int64()),
-        pa.field("completion_tokens", pa.int64()),
+        *_ITEM_FIELDS,
+        *_USAGE_FIELDS,
         *LINEAGE_FIELDS,
     ]
 )

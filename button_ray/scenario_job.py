@@ -13,6 +13,7 @@ from typing import Any
 import fsspec
 
 from button_ray.config import RunConfig
+from button_ray.errors import InputError
 
 
 def _read_lines(path: str) -> list[str]:
@@ -26,7 +27,7 @@ def _read_conversations(path: str) -> list[Any]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n} is not JSON ({exc.msg})") from exc
+            raise InputError(f"{path} line {n}: not valid JSON ({exc.msg})") from exc
     return rows
 
 
@@ -35,17 +36,17 @@ def run_scenario_job(cfg: RunConfig, seeds: str | None, base: str, target: int, 
     from button_ray.bottom_up.scenarios import build_scenario_pool, load_default_scenarios
     from button_ray.llm.pool import PoolClient
     from button_ray.llm.replica import start_pools, stop_pools
-    from button_ray.pipeline import _init_ray
+    from button_ray.pipeline import init_ray
 
+    # Everything that can be wrong with the inputs and the prompts is found before Ray starts.
+    method = cfg.resolved_method()
     base_texts = load_default_scenarios() if base == "default" else _read_lines(base)
     conversations = _read_conversations(seeds) if seeds else []
-    _init_ray(cfg)
+    init_ray(cfg)
     pools, _ = start_pools(cfg.pools)
     try:
         client = PoolClient(pools)
-        pool, stats = asyncio.run(
-            build_scenario_pool(base_texts, conversations, target, client, cfg.resolved_method(), cfg.scenarios)
-        )
+        pool, stats = asyncio.run(build_scenario_pool(base_texts, conversations, target, client, method, cfg.scenarios))
     finally:
         stop_pools(pools)
     with fsspec.open(out_path, "w", encoding="utf-8") as f:

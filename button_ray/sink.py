@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from button_ray.errors import OutputError
 from button_ray.records import stable_id
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,6 @@ _SAFE_OPTION_KEYS = frozenset({
 })
 #: Option keys whose dict values hold more options (recursed into, not redacted whole).
 _NESTED_OPTION_KEYS = frozenset({"client_kwargs", "config_kwargs", "s3", "retries"})
-
-
-class OutputError(RuntimeError):
-    """The output location cannot be used (unwritable, or belongs to another config)."""
 
 
 def _is_transient(exc: BaseException) -> bool:

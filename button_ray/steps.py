@@ -11,25 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
-from button_ray.llm.contract import LLMClient, LLMRequest, LLMRequestError, LLMResponse
+from button_ray.errors import LLMRequestError, ParseError
+from button_ray.llm.contract import LLMClient, LLMRequest, LLMResponse
 from button_ray.records import StageUsage, derive_seed
 
 T = TypeVar("T")
-
-
-class ParseError(ValueError):
-    """Output could not be used; ``reason`` is a machine-readable code.
-
-    ``malformed=True`` (the default) means the text could not be parsed at all (counted
-    in the unparseable share); ``False`` means it parsed but broke a rule of the method
-    (e.g. an unknown function name, a "no" verdict).
-    """
-
-    def __init__(self, reason: str, detail: str = "", malformed: bool = True) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-        self.malformed = malformed
 
 
 @dataclass

@@ -72,6 +72,7 @@ class OracleEngine:
     - ``fail_restart_if``: a path; while it exists, the engine of a restarted replica
       actor cannot start (an engine that fails after the replica's first life);
     - ``die_after``: after that many requests in one process, report a dead engine;
+    - ``shutdown_dir``: on shutdown, create ``<shutdown_dir>/<pid>.shutdown``;
     - ``trace_dir``: append ``start``/``end`` lines (request id, role, affinity key) to
       ``<trace_dir>/<pid>.log``, so chaos tests can see what was in flight in a process
       they killed and where it completed (:func:`read_traces`).
@@ -106,7 +107,7 @@ class OracleEngine:
             raise RuntimeError("scripted start failure after a restart: out of memory")
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
-        from button_ray.llm.contract import ReplicaFatalError
+        from button_ray.errors import ReplicaFatalError
 
         self.requests += 1
         if request.affinity_key:
@@ -162,7 +163,10 @@ class OracleEngine:
                 "max_in_flight": self.max_in_flight}
 
     async def shutdown(self) -> None:
-        return None
+        import os
+
+        if self.extra.get("shutdown_dir"):
+            open(os.path.join(self.extra["shutdown_dir"], f"{os.getpid()}.shutdown"), "w").close()
 
 
 class EchoEngine(OracleEngine):

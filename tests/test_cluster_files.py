@@ -76,6 +76,8 @@ def test_kuberay_manifests_pin_our_ray_turn_auth_on_and_mount_what_vllm_needs(na
 def test_the_image_carries_the_configs_and_a_weight_cache():
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert "COPY configs ./configs" in dockerfile and "WORKDIR /opt/button_ray" in dockerfile
+    # What the package build reads: the code and the prompts it ships inside itself.
+    assert "COPY button_ray ./button_ray" in dockerfile and "COPY prompts ./prompts" in dockerfile
     assert "HF_HOME=/cache/" in dockerfile
 
 

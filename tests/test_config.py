@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from button_ray.config import ConfigError, MethodConfig, PoolConfig, RunConfig, load_config
+from button_ray.config import MethodConfig, PoolConfig, RunConfig, load_config
+from button_ray.errors import ConfigError
 
 
 def test_defaults_valid_and_fingerprint_stable():

@@ -13,8 +13,9 @@ import pytest
 
 from button_ray.button_format import validate_jsonl
 from button_ray.cli import main
+from button_ray.errors import OutputError
 from button_ray.export import export
-from button_ray.sink import OutputError, OutputStore, iter_committed
+from button_ray.sink import OutputStore, iter_committed
 from tests import synthetic
 from tests.training_checks import (
     assert_formats_agree,

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from button_ray.config import ScenarioConfig
-from button_ray.inputs import InputError, read_scenarios
+from button_ray.errors import InputError
+from button_ray.inputs import read_scenarios
 
 
 def _read(path, **cfg):

@@ -5,15 +5,18 @@ the real-engine end to end test is tests/test_end_to_end.py.
 """
 
 import json
+import shutil
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from button_ray.button_format import validate_button_record
 from button_ray.config import EngineConfig, MethodConfig, OutputConfig, PoolConfig, RunConfig, ScenarioConfig
-from button_ray.llm.replica import EngineStartError
+from button_ray.errors import EngineStartError, OutputError
 from button_ray.pipeline import run_generate
-from button_ray.sink import OutputError, OutputStore, read_committed
+from button_ray.sink import OutputStore, read_committed
+from button_ray.templates import load_templates, shipped_dir
 
 pytestmark = pytest.mark.ray
 
@@ -88,6 +91,21 @@ def test_changed_config_on_same_output_is_refused(ray_local, tmp_path):
         run_generate(changed)
 
 
+def test_a_prompt_edited_in_a_copied_directory_reaches_the_workers_and_the_lineage(ray_local, tmp_path):
+    prompts = Path(shutil.copytree(shipped_dir(), tmp_path / "prompts"))
+    edited = prompts / "atomic_task.j2"
+    edited.write_text(edited.read_text().replace("Scenario: {{ scenario }}", "Scenario: at the lighthouse, {{ scenario }}"))
+    cfg = _cfg(tmp_path / "run", n=2)
+    cfg = cfg.model_copy(update={"method": cfg.method.model_copy(update={"prompts_dir": str(prompts)})})
+    result = run_generate(cfg)
+    assert result["fingerprint"] != _cfg(tmp_path / "run", n=2).fingerprint()
+    rows = read_committed(str(tmp_path / "run"), "data").to_pylist()
+    # The oracle engine writes the prompt's scenario line into the atomic task.
+    assert rows and all("at the lighthouse" in row["atomic_task"] for row in rows)
+    hashes = json.loads(rows[0]["template_hashes"])
+    assert hashes == load_templates(prompts).hashes() and hashes["atomic_task.j2"] != load_templates().hashes()["atomic_task.j2"]
+
+
 def test_garbage_model_rejects_every_item_and_counts_them(ray_local, tmp_path):
     out = tmp_path / "run"
     result = run_generate(_cfg(out, n=3, garbage=True))
@@ -139,7 +157,7 @@ def test_items_in_flight_counts_items_not_blocks(ray_local, tmp_path):
 # -- the lazy item source ---------------------------------------------------------------
 
 def _source_fixture(n_scenarios=7, slots=3, shard_size=2, seed=11):
-    from button_ray.inputs import scenario_id
+    from button_ray.records import scenario_id
     from button_ray.records import Scenario
     from button_ray.sink import plan_shards
 

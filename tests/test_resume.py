@@ -12,8 +12,7 @@ import json
 
 import pytest
 
-from button_ray.inputs import InputError
-from button_ray.llm.replica import EngineStartError
+from button_ray.errors import EngineStartError, InputError
 from button_ray.pipeline import run_generate
 from button_ray.sink import OutputStore, read_committed
 from tests.storage import helpers as h

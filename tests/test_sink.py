@@ -3,8 +3,9 @@
 import pyarrow as pa
 import pytest
 
+from button_ray.errors import OutputError
 from button_ray.records import ACCEPTED_SCHEMA, REJECTED_SCHEMA
-from button_ray.sink import OutputError, OutputStore, plan_shards, read_committed
+from button_ray.sink import OutputStore, plan_shards, read_committed
 
 
 def _rows(n, shard):

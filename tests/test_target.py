@@ -15,7 +15,7 @@ import pytest
 from button_ray import pipeline
 from button_ray.cli import main
 from button_ray.pipeline import run_generate
-from button_ray.plan import TargetError
+from button_ray.errors import TargetError
 from button_ray.sink import OutputStore, read_committed
 from tests.storage import helpers as h
 

@@ -12,20 +12,12 @@ import asyncio
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from button_ray.bottom_up.common import (
-    clean_text,
-    copied_from_prompt,
-    parse_json_as,
-    run_item_step,
-    text_schema,
-    word_count,
-)
+from button_ray.bottom_up.common import checked_text, clean_text, parse_json_as, run_item_step, text_schema
 from button_ray import quality
 from button_ray.config import ContentConfig, MethodConfig
+from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMClient, LLMResponse
-from button_ray.prompts import render
 from button_ray.records import WorkItem, derive_seed
-from button_ray.steps import ParseError
 
 STAGE = "atomic_task"
 # Characters, not words: JSON schema cannot count words, so this only stops rambling
@@ -61,7 +53,7 @@ def angle(scenario_id: str, slot: int, angles: tuple[str, ...]) -> str | None:
 
 def prompt(scenario: str, cfg: MethodConfig, asker: str | None = None) -> str:
     """The rendered atomic-task prompt for ``scenario``, asked by ``asker`` (see :func:`angle`)."""
-    return render("atomic_task.j2", scenario=scenario, max_words=cfg.atomic_task_max_words, asker=asker)
+    return cfg.templates().render("atomic_task.j2", scenario=scenario, max_words=cfg.atomic_task_max_words, asker=asker)
 
 
 def parse(
@@ -74,14 +66,7 @@ def parse(
     """The task text; ``empty_output``/``bad_json``/``schema_mismatch``/``too_long``/
     ``copied_from_prompt`` (checked only when ``prompt_text`` is given) otherwise. With
     ``content``, ``degenerate_text`` too (see :class:`~button_ray.config.ContentConfig`)."""
-    task = clean_text(parse_json_as(AtomicTaskOutput, response.text).task)
-    if not task:
-        raise ParseError("schema_mismatch", "task is blank")
-    words = word_count(task)
-    if words > max_words:
-        raise ParseError("too_long", f"{words} words > {max_words}: {task[:200]}", malformed=False)
-    if prompt_text is not None and copied_from_prompt(task, prompt_text):
-        raise ParseError("copied_from_prompt", task[:200], malformed=False)
+    task = checked_text(clean_text(parse_json_as(AtomicTaskOutput, response.text).task), "task", max_words, prompt_text)
     if content is not None:
         degenerate = quality.first_degenerate([("atomic task", task)], content)
         if degenerate:

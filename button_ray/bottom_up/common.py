@@ -17,9 +17,10 @@ from pydantic import BaseModel, ValidationError
 
 from button_ray.bottom_up.json_grammar import MAX_WORDS_KEY, schema_to_gbnf
 from button_ray.config import MethodConfig
+from button_ray.errors import ParseError
 from button_ray.llm.contract import ChatMessage, LLMClient, LLMRequest, LLMResponse, OutputConstraint, Role
 from button_ray.records import WorkItem
-from button_ray.steps import ParseError, StepResult, run_step
+from button_ray.steps import StepResult, run_step
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -122,6 +123,21 @@ def copied_from_prompt(text: str, prompt: str) -> bool:
     return any(
         f" {q} " in padded for q in map(normalize, _QUOTED.findall(prompt)) if len(q.split()) >= MIN_CONTAINED_WORDS
     )
+
+
+def checked_text(text: str, what: str, max_words: int, prompt: str | None) -> str:
+    """``text`` if it breaks none of the rules of a bottom-up free text: not blank
+    (``schema_mismatch``, naming ``what``), at most ``max_words`` words (``too_long``), and,
+    when ``prompt`` is given, not lifted from it (``copied_from_prompt``). The last two
+    parse fine and break a rule, so they are retried but not counted as malformed."""
+    if not text:
+        raise ParseError("schema_mismatch", f"{what} is blank")
+    words = word_count(text)
+    if words > max_words:
+        raise ParseError("too_long", f"{words} words > {max_words}: {text[:200]}", malformed=False)
+    if prompt is not None and copied_from_prompt(text, prompt):
+        raise ParseError("copied_from_prompt", text[:200], malformed=False)
+    return text
 
 
 def text_schema(max_chars: int, max_words: int | None = None) -> dict[str, Any]:

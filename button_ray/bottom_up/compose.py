@@ -20,10 +20,9 @@ from button_ray.bottom_up.common import (
 )
 from button_ray import quality
 from button_ray.config import ContentConfig, MethodConfig
+from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMClient, LLMResponse
-from button_ray.prompts import render
 from button_ray.records import Composition, Strategy, WorkItem, derive_seed
-from button_ray.steps import ParseError
 
 STAGE = "composition"
 SUBTASK_COUNT: dict[Strategy, int] = {"sequential": 2, "parallel_then_sequential": 3}
@@ -80,9 +79,9 @@ def schema(strategy: Strategy, atomic_task: str | None = None, subtask_max_words
     }
 
 
-def prompt(strategy: Strategy, atomic_task: str) -> str:
+def prompt(strategy: Strategy, atomic_task: str, cfg: MethodConfig) -> str:
     """The rendered composition prompt of ``strategy``."""
-    return render(f"composition_{strategy}.j2", task=atomic_task)
+    return cfg.templates().render(f"composition_{strategy}.j2", task=atomic_task)
 
 
 def parse(
@@ -136,7 +135,7 @@ async def write_composition(
 ) -> Composition | None:
     """The item's composition, or None with the item rejected."""
     strategy = choose_strategy(item.item_id, cfg.strategy_mix)
-    text = prompt(strategy, atomic_task)
+    text = prompt(strategy, atomic_task, cfg)
     copy_check = text if cfg.reject_prompt_copies else None
     return await run_item_step(
         item,

@@ -12,19 +12,22 @@ from typing import Annotated, Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from button_ray.bottom_up.common import copied_from_prompt, parse_json_as, run_item_step
 from button_ray import quality
+from button_ray.bottom_up.common import copied_from_prompt, parse_json_as, run_item_step
 from button_ray.config import ContentConfig, MethodConfig
+from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMClient, LLMResponse
-from button_ray.prompts import render
-from button_ray.records import Composition, FunctionDef, WorkItem
-from button_ray.steps import ParseError
-from button_ray.top_down.schema import value_matches
+from button_ray.records import (
+    GENERATED_FUNCTION_NAME_PATTERN,
+    PARAMETER_NAME_PATTERN,
+    Composition,
+    FunctionDef,
+    WorkItem,
+)
+from button_ray.specs import value_matches
 
 STAGE = "functions"
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,47}$"
 # Bounds that keep a tiny model from rambling to max_tokens inside one function.
-PARAM_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,31}$"
 MAX_PARAMETERS = 6
 MAX_RESPONSES = 6
 DESCRIPTION_MAX_CHARS = 150
@@ -87,7 +90,7 @@ class FieldSpec(BaseModel):
 
 # Checked here too, not only in the schema: an engine may ignore the constraint, and a
 # parameter called "start date" cannot be passed as a keyword by most callers.
-FieldName = Annotated[str, StringConstraints(pattern=PARAM_NAME_PATTERN)]
+FieldName = Annotated[str, StringConstraints(pattern=PARAMETER_NAME_PATTERN)]
 FieldSpec.model_rebuild()
 
 
@@ -96,7 +99,7 @@ class FunctionOutput(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=GENERATED_FUNCTION_NAME_PATTERN)
     description: str = Field(min_length=1)
     parameters: dict[FieldName, FieldSpec] = {}
     required: tuple[str, ...] = ()
@@ -119,7 +122,7 @@ class FunctionsOutput(BaseModel):
     functions: tuple[tuple[FunctionOutput, ...], ...]
 
 
-def _field_schema(rich: bool = False, parameter_pattern: str = PARAM_NAME_PATTERN, depth: int = 0) -> dict:
+def _field_schema(rich: bool = False, parameter_pattern: str = PARAMETER_NAME_PATTERN, depth: int = 0) -> dict:
     """JSON schema of one parameter/response spec; ``rich`` (the ``structure`` strength)
     adds ``enum``, and up to :data:`SPEC_DEPTH` levels of ``items`` / ``properties``."""
     props: dict[str, Any] = {
@@ -239,8 +242,8 @@ def schema(
     max_per_subtask: int,
     *,
     min_per_subtask: int = 0,
-    name_pattern: str = NAME_PATTERN,
-    parameter_pattern: str = PARAM_NAME_PATTERN,
+    name_pattern: str = GENERATED_FUNCTION_NAME_PATTERN,
+    parameter_pattern: str = PARAMETER_NAME_PATTERN,
     group_name_patterns: Sequence[str | None] | None = None,
     rich: bool = False,
 ) -> dict:
@@ -314,7 +317,7 @@ def rich_specs(cfg: MethodConfig) -> bool:
 
 def prompt(composition: Composition, cfg: MethodConfig) -> str:
     """The rendered function-generation prompt."""
-    return render(
+    return cfg.templates().render(
         "functions.j2",
         composite_task=composition.composite_task,
         subtasks=list(composition.subtasks),
@@ -345,8 +348,8 @@ def parse(
     prompt_text: str | None,
     *,
     min_per_subtask: int = 0,
-    name_pattern: str = NAME_PATTERN,
-    parameter_pattern: str = PARAM_NAME_PATTERN,
+    name_pattern: str = GENERATED_FUNCTION_NAME_PATTERN,
+    parameter_pattern: str = PARAMETER_NAME_PATTERN,
     group_name_patterns: Sequence[str | None] | None = None,
     content: ContentConfig | None = None,
 ) -> tuple[tuple[FunctionDef, ...], ...]:

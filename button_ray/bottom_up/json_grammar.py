@@ -11,9 +11,9 @@ milliseconds, so this module translates the stages' schemas, which stay the sing
 source of truth, into one:
 
 - a free-text string (``maxLength`` without ``pattern``) becomes plain text: at most
-  ``x-max-words`` (:data:`MAX_WORDS_KEY`) or else ``word_bound(maxLength)`` words of at most :data:`WORD_CHARS` visible characters, the
-  first starting with a capital letter or a digit, none holding
-  :data:`PLAIN_FORBIDDEN` (``< > [ ] { } _ " \\``);
+  ``x-max-words`` (:data:`MAX_WORDS_KEY`) or else ``word_bound(maxLength)`` words of at
+  most :data:`WORD_CHARS` visible characters, the first starting with a capital letter
+  or a digit, none holding :data:`PLAIN_FORBIDDEN` (``< > [ ] { } _ " \\``);
 - everything else keeps its meaning: objects with fixed properties (in declaration
   order), maps (``additionalProperties`` + ``propertyNames``), arrays (``prefixItems``,
   ``items``, ``minItems``/``maxItems``), ``const``, ``enum``, anchored patterns of a
@@ -27,11 +27,10 @@ Only the schema subset the bottom-up stages use is supported; anything else rais
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-from button_ray.top_down.grammar import gbnf_literal
+from button_ray.gbnf import BOUNDED_SCALAR_RULES, gbnf_literal, json_literal, word_bound
 
 #: Longest word of plain text, in characters (dates, amounts, codes fit).
 WORD_CHARS = 24
@@ -40,30 +39,15 @@ PLAIN_FORBIDDEN = r'<>\[\]{}_"\\'
 #: Annotation of a free-text string: its word bound in the grammar (JSON-schema engines
 #: ignore unknown keywords and keep ``maxLength``).
 MAX_WORDS_KEY = "x-max-words"
-#: Average characters per word plus its space: a ``maxLength`` of N allows N // 6 words.
-CHARS_PER_WORD = 6
 
 _RULES = rf"""
 ptext_char ::= [^{PLAIN_FORBIDDEN}\x00-\x20]
 ptext_first ::= [A-Z0-9] ptext_char{{0,{WORD_CHARS - 1}}}
 ptext_word ::= ptext_char{{1,{WORD_CHARS}}}
-jint ::= "-"? ("0" | [1-9] [0-9]{{0,11}})
-jnum ::= jint ("." [0-9]{{1,6}})?
-jbool ::= "true" | "false"
-"""
+""" + BOUNDED_SCALAR_RULES
 #: Longest bounded repetition in a translated pattern: above ~128, xgrammar 0.2.8's
 #: grammar cache (on in vLLM) fails the compile and the request comes back empty.
 _MAX_REPEAT = 128
-
-
-def word_bound(max_chars: int) -> int:
-    """The words standing for a ``max_chars`` bound (at least 1)."""
-    return max(1, max_chars // CHARS_PER_WORD)
-
-
-def _literal(value: Any) -> str:
-    """The canonical JSON text of ``value`` as a GBNF literal."""
-    return gbnf_literal(json.dumps(value, ensure_ascii=False))
 
 
 class _PatternParser:
@@ -154,9 +138,9 @@ class _Builder:
         if not isinstance(spec, dict):
             raise ValueError(f"{name}: unsupported schema {spec!r}")
         if "const" in spec:
-            return _literal(spec["const"])
+            return json_literal(spec["const"])
         if "enum" in spec:
-            return "(" + " | ".join(_literal(v) for v in spec["enum"]) + ")"
+            return "(" + " | ".join(json_literal(v) for v in spec["enum"]) + ")"
         kind = spec.get("type")
         if kind == "string":
             if "pattern" in spec:
@@ -202,7 +186,7 @@ class _Builder:
             required = spec.get("required", list(props))
             if list(required) != list(props):
                 raise ValueError(f"{name}: every property must be required, in declaration order")
-            pairs = [f'{_literal(k)[:-1]}: " {self.value(v, f"{name}_{k}")}' for k, v in props.items()]
+            pairs = [f'{json_literal(k)[:-1]}: " {self.value(v, f"{name}_{k}")}' for k, v in props.items()]
             return '"{" ' + ' ", " '.join(pairs) + ' "}"'
         values = spec.get("additionalProperties")
         if not isinstance(values, dict):

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from button_ray.bottom_up.common import clean_text, parse_json_as, run_item_step
 from button_ray.config import MethodConfig
 from button_ray.llm.contract import LLMClient, LLMResponse
-from button_ray.prompts import render
 from button_ray.records import Composition, WorkItem
 
 STAGE = "composition_filter"
@@ -61,9 +60,9 @@ def schema() -> dict:
     }
 
 
-def prompt(composition: Composition) -> str:
+def prompt(composition: Composition, cfg: MethodConfig) -> str:
     """The rendered judge prompt: the composition and its strategy, whose structure it checks."""
-    return render(
+    return cfg.templates().render(
         "composition_filter.j2",
         composite_task=composition.composite_task,
         subtasks=list(composition.subtasks),
@@ -80,7 +79,7 @@ async def judge_composition(
     item: WorkItem, composition: Composition, llm: LLMClient, cfg: MethodConfig
 ) -> str | None:
     """The judge's reasoning when it says yes; None with the item rejected otherwise."""
-    verdict = await run_item_step(item, STAGE, prompt(composition), schema(), parse, llm, cfg)
+    verdict = await run_item_step(item, STAGE, prompt(composition, cfg), schema(), parse, llm, cfg)
     if verdict is None:
         return None
     if verdict.verdict is None:

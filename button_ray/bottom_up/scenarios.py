@@ -22,19 +22,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from button_ray.bottom_up.common import (
-    clean_text,
-    copied_from_prompt,
-    make_request,
-    normalize,
-    parse_json_as,
-    word_count,
-)
+from button_ray.bottom_up.common import checked_text, clean_text, make_request, normalize, parse_json_as
 from button_ray.config import MethodConfig, ScenarioConfig
 from button_ray.llm.contract import LLMClient, LLMResponse, Role
-from button_ray.prompts import render
-from button_ray.records import Scenario, StageUsage, stable_id
-from button_ray.steps import ParseError, StepResult, run_step
+from button_ray.records import Scenario, StageUsage, scenario_id, stable_id
+from button_ray.steps import StepResult, run_step
 
 DEFAULT_SCENARIOS = "data/scenarios.txt"
 # Characters per allowed word in the schema's maxLength: generous for long words,
@@ -57,9 +49,9 @@ def load_default_scenarios() -> list[str]:
 
 
 def scenario_from_text(text: str, source: str) -> Scenario:
-    """A :class:`Scenario` whose id derives from its normalized text (same text, same id)."""
+    """A :class:`Scenario` with the id a generation run gives the same text."""
     text = clean_text(text)
-    return Scenario(scenario_id=stable_id("scenario", normalize(text)), text=text, source=source)
+    return Scenario(scenario_id=scenario_id(text), text=text, source=source)
 
 
 # ---------------------------------------------------------------- seed conversations
@@ -188,14 +180,7 @@ def parse_scenario(response: LLMResponse, max_words: int, prompt: str | None = N
     because naming a conversation's scenario in its own words is legitimate.
     """
     text = clean_text(parse_json_as(ScenarioOutput, response.text).scenario).strip("\"'").rstrip(".").strip()
-    if not text:
-        raise ParseError("schema_mismatch", "scenario is blank")
-    words = word_count(text)
-    if words > max_words:
-        raise ParseError("too_long", f"{words} words > {max_words}: {text[:200]}", malformed=False)
-    if prompt is not None and copied_from_prompt(text, prompt):
-        raise ParseError("copied_from_prompt", text, malformed=False)
-    return text
+    return checked_text(text, "scenario", max_words, prompt)
 
 
 async def _scenario_step(
@@ -218,55 +203,20 @@ async def _scenario_step(
     )
 
 
-def _extraction(conversation_text: str, idx: int, scen_cfg: ScenarioConfig) -> tuple[str, str]:
-    prompt = render(
+def _extraction(conversation_text: str, idx: int, cfg: MethodConfig, scen_cfg: ScenarioConfig) -> tuple[str, str]:
+    """The prompt and request id of extracting the scenario of conversation ``idx``."""
+    prompt = cfg.templates().render(
         "scenario_extraction.j2", conversation=conversation_text, max_words=scen_cfg.scenario_max_words
     )
     return prompt, f"scenario_extraction/{idx}/{stable_id(conversation_text, length=8)}"
 
 
-def _expansion(scenario_text: str, idx: int, scen_cfg: ScenarioConfig) -> tuple[str, str]:
-    prompt = render("scenario_expansion.j2", scenario=scenario_text, max_words=scen_cfg.scenario_max_words)
+def _expansion(scenario_text: str, idx: int, cfg: MethodConfig, scen_cfg: ScenarioConfig) -> tuple[str, str]:
+    """The prompt and request id of expansion ``idx``, from ``scenario_text``."""
+    prompt = cfg.templates().render(
+        "scenario_expansion.j2", scenario=scenario_text, max_words=scen_cfg.scenario_max_words
+    )
     return prompt, f"scenario_expansion/{idx}/{stable_id(scenario_text, length=8)}"
-
-
-async def extract_scenario(
-    conversation_text: str,
-    idx: int,
-    llm: LLMClient,
-    cfg: MethodConfig,
-    *,
-    scen_cfg: ScenarioConfig | None = None,
-    usage: StageUsage | None = None,
-) -> Scenario | None:
-    """The scenario of a seed conversation (role ``scenario_extraction``), or None.
-
-    ``idx`` numbers the request (with the text's hash it makes the request id and seed).
-    """
-    scen_cfg = scen_cfg or ScenarioConfig()
-    prompt, request_id = _extraction(conversation_text, idx, scen_cfg)
-    result = await _scenario_step(
-        "scenario_extraction", prompt, request_id, llm, cfg, scen_cfg, usage if usage is not None else StageUsage()
-    )
-    return scenario_from_text(result.value, "extraction") if result.ok and result.value else None
-
-
-async def expand_scenario(
-    scenario_text: str,
-    idx: int,
-    llm: LLMClient,
-    cfg: MethodConfig,
-    *,
-    scen_cfg: ScenarioConfig | None = None,
-    usage: StageUsage | None = None,
-) -> Scenario | None:
-    """A new, substantially different scenario inspired by ``scenario_text``, or None."""
-    scen_cfg = scen_cfg or ScenarioConfig()
-    prompt, request_id = _expansion(scenario_text, idx, scen_cfg)
-    result = await _scenario_step(
-        "scenario_expansion", prompt, request_id, llm, cfg, scen_cfg, usage if usage is not None else StageUsage()
-    )
-    return scenario_from_text(result.value, "expansion") if result.ok and result.value else None
 
 
 # ---------------------------------------------------------------- deduplication
@@ -332,18 +282,6 @@ class Deduplicator:
         return [candidates[i] for i in kept_rows]
 
 
-def exact_dedup(texts: Sequence[str]) -> list[str]:
-    """``texts`` without repeats of the same normalized text (keep first)."""
-    seen: set[str] = set()
-    out = []
-    for text in texts:
-        key = normalize(text)
-        if key and key not in seen:
-            seen.add(key)
-            out.append(text)
-    return out
-
-
 def dedup(texts: Sequence[str], threshold: float, model: str = "embedded") -> list[str]:
     """``texts`` without exact and near duplicates (cosine ``>= threshold``), keep first."""
     return Deduplicator(threshold, model).add(texts)
@@ -406,7 +344,7 @@ async def build_scenario_pool(
     await admit([scenario_from_text(t, "list") for t in base if clean_text(t)], "list")
 
     transcripts = [conversation_to_text(c, scen_cfg.conversation_max_chars) for c in conversations]
-    jobs = [("scenario_extraction", *_extraction(t, i, scen_cfg)) for i, t in enumerate(transcripts) if t]
+    jobs = [("scenario_extraction", *_extraction(t, i, cfg, scen_cfg)) for i, t in enumerate(transcripts) if t]
     extracted = await run_bounded(jobs)
     await admit([scenario_from_text(t, "extraction") for t in extracted if t], "extraction")
     sources = len(pool)
@@ -416,7 +354,7 @@ async def build_scenario_pool(
     while pool and len(pool) < target_size and rounds < scen_cfg.expansion_rounds:
         need = target_size - len(pool)
         parents = [pool[(next_idx + j) % len(pool)].text for j in range(need)]
-        jobs = [("scenario_expansion", *_expansion(p, next_idx + j, scen_cfg)) for j, p in enumerate(parents)]
+        jobs = [("scenario_expansion", *_expansion(p, next_idx + j, cfg, scen_cfg)) for j, p in enumerate(parents)]
         next_idx += need
         rounds += 1
         expanded = await run_bounded(jobs)

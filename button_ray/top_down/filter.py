@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from button_ray import quality
 from button_ray.config import MethodConfig
 from button_ray.records import FunctionDef, Turn
-from button_ray.top_down.schema import call_key, call_problem
+from button_ray.specs import call_key, call_problem
 
 
 def _is_json_object(value: Any) -> bool:

@@ -17,7 +17,7 @@ Two strengths (``config.Strength``, docs/constraints.md):
   (strings with JSON escapes), arrays and objects of any size, numbers of any size;
   ``max_tokens`` is the only bound. For strong models.
 - ``tight`` adds the bounds of ``config.TightConstraints``: text is a bounded number of
-  words (see :func:`schema.word_bound`), each word a bounded run of visible characters.
+  words (see :func:`button_ray.gbnf.word_bound`), each word a bounded run of visible characters.
   Both bounds matter. Without a word-length bound a 135M model, out of words, glues
   characters together until ``max_tokens`` (seen on SmolLM2-135M: 80% truncated turns).
   A plain character bound (``[^<]{1,400}``) compiles slowly, because xgrammar builds a
@@ -37,8 +37,9 @@ from typing import Any, Sequence
 
 from button_ray.button_format import dump_json
 from button_ray.config import Strength, TightConstraints
+from button_ray.gbnf import BOUNDED_SCALAR_RULES, gbnf_literal, json_literal, word_bound
 from button_ray.records import FunctionDef
-from button_ray.top_down.schema import canonical_types, word_bound
+from button_ray.specs import canonical_types
 
 #: Characters a *plain* prose word may not hold (``TightConstraints.plain_prose``): besides
 #: ``<``, the marks of code and JSON, so a thought or an answer cannot be a code block,
@@ -60,23 +61,31 @@ jscalar ::= jvalue
 """
 
 
-def gbnf_literal(text: str) -> str:
-    """``text`` as a GBNF string literal."""
-    escaped = (
-        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    )
-    return f'"{escaped}"'
-
-
-def _json_literal(value: Any) -> str:
-    return gbnf_literal(dump_json(value))
-
-
 class _Rules:
-    """The shared rules of one grammar at one strength: prose, JSON values."""
+    """The shared rules of one grammar at one strength: prose, JSON values; with
+    ``grounded`` (strings, numbers), string and number values are those of the dialogue
+    (``TightConstraints.grounded_arguments``)."""
 
-    def __init__(self, strength: Strength, tight: TightConstraints) -> None:
+    def __init__(
+        self,
+        strength: Strength,
+        tight: TightConstraints,
+        grounded: tuple[Sequence[str], Sequence[float]] | None = None,
+    ) -> None:
         self.tight = tight if strength == "tight" else None
+        strings, numbers = grounded or ((), ())
+        ints = [n for n in numbers if float(n).is_integer()]
+        self.grounded = {
+            "jstr": "(" + " | ".join(gbnf_literal(dump_json(v)) for v in strings) + ")" if strings else None,
+            "jint": "(" + " | ".join(gbnf_literal(str(int(n))) for n in ints) + ")" if ints else None,
+            "jnum": "(" + " | ".join(gbnf_literal(dump_json(int(n) if float(n).is_integer() else n))
+                                     for n in numbers) + ")" if numbers else None,
+        }
+
+    def _scalar(self, rule: str) -> str:
+        # A grounded value when the dialogue offers one of the type, else any of the type
+        # (the content rule then decides).
+        return self.grounded.get(rule) or rule
 
     def prose(self, max_chars: int) -> str:
         """Free text without ``<``: bounded words when tight (the last separator may
@@ -96,9 +105,7 @@ class _Rules:
             'sep ::= " " | "\\n" | "\\n\\n"',
             f'jstr ::= "\\"" (vword (" " vword){{0,{word_bound(t.value_max_chars) - 1}}})? "\\""',
             f'vword ::= [^"\\\\<\\x00-\\x20]{{1,{t.value_word_chars}}}',
-            'jint ::= "-"? ("0" | [1-9] [0-9]{0,11})',
-            'jnum ::= jint ("." [0-9]{1,6})?',
-            'jbool ::= "true" | "false"',
+            *BOUNDED_SCALAR_RULES.splitlines(),
             "jscalar ::= jstr | jnum | jbool",
             f'jobj ::= "{{" (jstr ": " jscalar (", " jstr ": " jscalar){{0,{t.max_object_keys - 1}}})? "}}"',
         ])
@@ -107,7 +114,7 @@ class _Rules:
         """The expression of one JSON value described by a parameter/result ``spec``."""
         enum = spec.get("enum") if isinstance(spec, dict) else None
         if isinstance(enum, list) and enum and all(isinstance(e, (str, int, float, bool)) for e in enum):
-            return "(" + " | ".join(_json_literal(e) for e in enum) + ")"
+            return "(" + " | ".join(json_literal(e) for e in enum) + ")"
         types = canonical_types(spec)
         if len(types) != 1:
             return "jscalar"
@@ -126,14 +133,16 @@ class _Rules:
                 keys = [k for k in required if k in props] if isinstance(required, list) else list(props)
                 return "(" + self.object(props, keys, depth + 1) + ")"
             return "jobj"
-        return {"string": "jstr", "number": "jnum", "integer": "jint", "boolean": "jbool", "null": '"null"'}[t]
+        if t in ("string", "number", "integer"):
+            return self._scalar({"string": "jstr", "number": "jnum", "integer": "jint"}[t])
+        return {"boolean": "jbool", "null": '"null"'}[t]
 
     def object(self, props: dict[str, Any], required: Sequence[str], depth: int = 0) -> str:
         """An object of ``props``: the ``required`` keys in their order, then the others,
         each optional, in declaration order."""
 
         def pair(name: str) -> str:
-            return f'{_json_literal(name)} ": " {self.value(props.get(name, {}), depth)}'
+            return f'{json_literal(name)} ": " {self.value(props.get(name, {}), depth)}'
 
         required = [p for p in required if p in props]
         optional = [p for p in props if p not in required]
@@ -161,6 +170,7 @@ def assistant_grammar(
     allow_final: bool = True,
     allow_question: bool = False,
     apart: frozenset[frozenset[str]] = frozenset(),
+    grounded: tuple[Sequence[str], Sequence[float]] | None = None,
 ) -> str:
     """The grammar of one assistant turn (see the module docstring).
 
@@ -172,7 +182,8 @@ def assistant_grammar(
     ``allow_question``: the thought alone may end the turn (a clarification question to
     the user). At least one way to end the turn must remain. ``tight`` holds the bounds
     of the ``tight`` strength (the thought bound is ``thought_max_chars``, the final
-    answer's ``message_max_chars``).
+    answer's ``message_max_chars``). ``grounded`` (strings, numbers): typed string and
+    number arguments take one of these values (see :func:`button_ray.quality.grounding_candidates`).
     """
     steered = callable_names is not None
     fn_names = [f.name for f in functions]
@@ -181,7 +192,7 @@ def assistant_grammar(
     max_calls = max(1, max_calls_per_turn) if parallel else 1
     if not allowed and not allow_final and not allow_question:
         raise ValueError("a turn must allow a call, a final answer or a question")
-    rules = _Rules(strength, tight)
+    rules = _Rules(strength, tight, grounded)
     blocks = (["callblock"] if allowed else []) + (["finalblock"] if allow_final else [])
     ending = f"({' | '.join(blocks)})" if blocks else ""
     if allow_question and blocks:

@@ -16,14 +16,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
+from button_ray import quality
 from button_ray.button_format import assistant_content, to_button_messages, tool_content, validate_button_record
 from button_ray.config import MethodConfig
+from button_ray.errors import RecordError
 from button_ray.llm.contract import ChatMessage, LLMClient, LLMRequest, LLMResponse
 from button_ray.records import ToolCall, TrajectoryStats, Turn, WorkItem, stable_id
-from button_ray.steps import StepResult, run_step
+from button_ray.specs import call_key
+from button_ray.steps import ParseError, StepResult, run_step
 from button_ray.top_down import agents
 from button_ray.top_down.filter import filter_problem
-from button_ray.top_down.schema import call_key
 
 ROLES = ("user_agent", "assistant_agent", "tool_agent")
 
@@ -33,7 +35,7 @@ def choose_parallel(item_id: str, ratio: float) -> bool:
     return int(stable_id(item_id, "parallel", length=12), 16) / 16**12 < ratio
 
 
-class _Rejected(Exception):
+class _Rejected(RecordError):
     """Ends a simulation early; carries the rejection."""
 
     def __init__(self, stage: str, reason: str, detail: str = "") -> None:
@@ -74,13 +76,21 @@ class _Simulation:
             raise _Rejected(stage, result.reason or "unknown", result.detail)
         return result.value
 
+    def _content(self, turn: Turn) -> Turn:
+        """``turn`` if it keeps the content rules; else a retried rule break (a new seed
+        is cheaper than losing the trajectory to the filter at the end)."""
+        problem = quality.new_turn_problem(self.turns, turn, self.ctx.functions, self.cfg.content)
+        if problem is not None:
+            raise ParseError(*problem, malformed=False)
+        return turn
+
     async def _user_message(self) -> None:
         index = self.clarifications
         history = list(self.user_chat)
         text = await self._step(
             "user_agent",
             lambda attempt: agents.user_request(self.ctx, history, index),
-            lambda response: agents.parse_user_message(response.text),
+            lambda response: self._content(Turn(role="user", content=agents.parse_user_message(response.text))).content,
         )
         self.user_chat.append(ChatMessage(role="assistant", content=text))
         self.assistant_chat.append(ChatMessage(role="user", content=text))
@@ -92,10 +102,11 @@ class _Simulation:
         index = self.assistant_turns
         history = list(self.assistant_chat)
         steer = self.ctx.steer(frozenset(self.called), self.calls_made, self.clarifications)
+        grounded = quality.grounding_candidates(self.turns) if self.ctx.grounds_arguments else None
         turn: Turn = await self._step(
             "assistant_agent",
-            lambda attempt: agents.assistant_request(self.ctx, history, index, steer),
-            lambda response: agents.parse_assistant_turn(self.ctx, response.text, steer),
+            lambda attempt: agents.assistant_request(self.ctx, history, index, steer, grounded),
+            lambda response: self._content(agents.parse_assistant_turn(self.ctx, response.text, steer)),
         )
         self.assistant_turns += 1
         self.called.update(c.name for c in turn.calls)
@@ -106,10 +117,16 @@ class _Simulation:
 
     async def _tool_result(self, call: ToolCall, turn_index: int, call_index: int) -> dict[str, Any]:
         fn = self.ctx.by_name[call.name]
+
+        def parse(response: LLMResponse) -> dict[str, Any]:
+            result = agents.parse_tool_result(fn, response.text)
+            problem = quality.new_result_problem(result, fn, self.cfg.content)
+            if problem is not None:
+                raise ParseError(*problem, malformed=False)
+            return result
+
         return await self._step(
-            "tool_agent",
-            lambda attempt: agents.tool_request(self.ctx, call, turn_index, call_index),
-            lambda response: agents.parse_tool_result(fn, response.text),
+            "tool_agent", lambda attempt: agents.tool_request(self.ctx, call, turn_index, call_index), parse
         )
 
     async def _run_calls(self, calls: tuple[ToolCall, ...]) -> None:
@@ -130,7 +147,7 @@ class _Simulation:
         self.results.update(zip(todo, outcomes))
         results = tuple(self.results[k] for k in keys)
         self.turns.append(Turn(role="tool", results=results))
-        self.assistant_chat.append(agents.results_message(tool_content(calls, results)))
+        self.assistant_chat.append(agents.results_message(self.ctx, tool_content(calls, results)))
 
     async def run(self) -> None:
         await self._user_message()

@@ -13,9 +13,12 @@ from typing import Callable, Iterable  # noqa: E402
 
 import pytest  # noqa: E402
 
+import numpy as np  # noqa: E402
+
+from button_ray.bottom_up import scenarios  # noqa: E402
 from button_ray.config import MethodConfig  # noqa: E402
 from button_ray.llm.contract import LLMRequest, LLMResponse  # noqa: E402
-from button_ray.records import Scenario, WorkItem, derive_seed  # noqa: E402
+from button_ray.records import Scenario, WorkItem, derive_seed, stable_id  # noqa: E402
 from tests.oracles.bottom_up import respond  # noqa: E402
 
 
@@ -47,6 +50,22 @@ def scripted(overrides: dict[str, Iterable[str | LLMResponse]] | None = None) ->
         return out
 
     return handler
+
+
+def _hash_encoder(texts: list[str]) -> np.ndarray:
+    """A random unit vector per normalized text (no model needed): in 256 dimensions two
+    different texts are nowhere near cosine 0.85, so only exact repeats collapse."""
+    rows = []
+    for text in texts:
+        rng = np.random.default_rng(int(stable_id(scenarios.normalize(text)), 16))
+        v = rng.standard_normal(256)
+        rows.append(v / np.linalg.norm(v))
+    return np.asarray(rows, dtype=np.float32)
+
+
+def model_free_dedup(threshold: float = 0.85) -> scenarios.Deduplicator:
+    """A scenario deduplicator that needs no embedding model (see :func:`_hash_encoder`)."""
+    return scenarios.Deduplicator(threshold, encoder=_hash_encoder)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 from pydantic import BaseModel
 
 from button_ray.bottom_up.common import copied_from_prompt, extract_json_object, parse_json_as
-from button_ray.steps import ParseError
+from button_ray.errors import ParseError
 
 
 class _Task(BaseModel):

@@ -10,9 +10,9 @@ import pytest
 
 from button_ray.bottom_up import atomic, build_bundle, compose, functions
 from button_ray.config import ContentConfig, MethodConfig
+from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMResponse
 from button_ray.quality import near_duplicate_subtasks, relevance
-from button_ray.steps import ParseError
 from tests.bottom_up.conftest import make_item, scripted
 from tests.fakes import ScriptedLLM
 

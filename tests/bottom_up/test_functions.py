@@ -9,9 +9,9 @@ import pytest
 from button_ray.bottom_up import functions
 from button_ray.bottom_up.common import without_length_bounds
 from button_ray.config import MethodConfig
+from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMResponse
-from button_ray.records import Composition
-from button_ray.steps import ParseError
+from button_ray.records import GENERATED_FUNCTION_NAME_PATTERN, Composition
 from tests.bottom_up.conftest import scripted
 from tests.fakes import ScriptedLLM
 
@@ -117,7 +117,7 @@ def test_schema_bounds_the_output() -> None:
     assert groups["minItems"] == groups["maxItems"] == 3
     assert groups["items"]["maxItems"] == 2
     function = groups["items"]["items"]
-    assert function["properties"]["name"]["pattern"] == functions.NAME_PATTERN
+    assert function["properties"]["name"]["pattern"] == GENERATED_FUNCTION_NAME_PATTERN
     assert function["required"] == ["name", "description", "parameters", "required", "responses"]
     assert function["properties"]["parameters"]["maxProperties"] == functions.MAX_PARAMETERS
 

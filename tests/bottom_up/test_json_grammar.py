@@ -9,8 +9,9 @@ import pytest
 
 from button_ray.bottom_up import atomic, compose, functions, judge, scenarios
 from button_ray.bottom_up.common import output_constraint, text_schema
-from button_ray.bottom_up.json_grammar import schema_to_gbnf, word_bound
+from button_ray.bottom_up.json_grammar import schema_to_gbnf
 from button_ray.config import MethodConfig, TightConstraints
+from button_ray.gbnf import word_bound
 from button_ray.llm.contract import ROLES
 
 xgrammar = pytest.importorskip("xgrammar")

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from button_ray.bottom_up import judge
+from button_ray.config import MethodConfig
 from button_ray.records import Composition
 from tests.bottom_up.conftest import scripted, truncated
 from tests.fakes import ScriptedLLM
@@ -74,10 +75,12 @@ async def test_unparseable_verdict_is_retried(item, cfg, output, reason) -> None
 
 
 def test_the_judge_checks_the_strategy() -> None:
-    sequential = judge.prompt(Composition(strategy="sequential", subtasks=("a", "b"), composite_task="c"))
+    sequential = judge.prompt(
+        Composition(strategy="sequential", subtasks=("a", "b"), composite_task="c"), MethodConfig()
+    )
     assert "sub-task 2 needs the result of sub-task 1" in sequential
     parallel = judge.prompt(
-        Composition(strategy="parallel_then_sequential", subtasks=("a", "b", "d"), composite_task="c")
+        Composition(strategy="parallel_then_sequential", subtasks=("a", "b", "d"), composite_task="c"), MethodConfig()
     )
     assert "sub-task 2 does not need the result of sub-task 1" in parallel
     assert "sub-task 3 needs the results of both" in parallel

@@ -11,8 +11,8 @@ import pytest
 from button_ray.bottom_up import atomic, compose, functions, judge, scenarios
 from button_ray.config import MethodConfig, ScenarioConfig
 from button_ray.llm.contract import LLMRequest
-from button_ray.prompts import render, template_hashes
-from tests.bottom_up.conftest import make_item
+from button_ray.templates import load_templates
+from tests.bottom_up.conftest import make_item, model_free_dedup
 from tests.fakes import ScriptedLLM
 from tests.oracles.bottom_up import respond
 
@@ -45,10 +45,9 @@ SHAPES = {
 
 @pytest.mark.parametrize("name", sorted(RENDERS))
 def test_prompts_are_short_and_state_the_json_shape(name: str) -> None:
-    text = render(name, **RENDERS[name])
+    text = load_templates().render(name, **RENDERS[name])
     assert len(text) < MAX_PROMPT_CHARS, len(text)
     assert SHAPES[name] in text.splitlines()[-1] or SHAPES[name] in text.splitlines()[-2]
-    assert name in template_hashes()
 
 
 SCHEMAS = {
@@ -74,8 +73,8 @@ async def test_oracle_answers_satisfy_the_schemas_they_were_asked_with() -> None
     llm = ScriptedLLM(respond)
     for i in range(20):
         assert (await build_bundle(make_item(f"run0/s{i}/0"), llm, CFG)).bundle is not None
-    await scenarios.extract_scenario("user: my parcel is late\nassistant: let me check", 0, llm, CFG)
-    await scenarios.expand_scenario("tracking a parcel", 0, llm, CFG)
+    await scenarios.build_scenario_pool(["tracking a parcel"], ["user: my parcel is late\nassistant: let me check"],
+                                        3, llm, CFG, ScenarioConfig(), deduplicator=model_free_dedup())
     roles = set()
     for request in llm.requests:
         roles.add(request.role)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import pytest
 
 from button_ray.bottom_up import scenarios
 from button_ray.config import MethodConfig, ScenarioConfig
-from button_ray.records import stable_id
-from tests.bottom_up.conftest import scripted
+from button_ray.records import scenario_id
+from tests.bottom_up.conftest import model_free_dedup, scripted
 from tests.fakes import ScriptedLLM
 
 GLAIVE = {
@@ -36,10 +35,11 @@ def test_default_list_is_large_unique_and_short() -> None:
     assert not [s for s in items if re.search(r"\d", s)], "scenarios carry no specifics"
 
 
-def test_scenario_ids_follow_the_normalized_text() -> None:
+def test_pool_scenarios_get_the_ids_a_generation_run_gives_their_text() -> None:
     a = scenarios.scenario_from_text("Booking a  flight", "list")
-    b = scenarios.scenario_from_text("booking a flight.", "expansion")
-    assert a.scenario_id == b.scenario_id and a.text == "Booking a flight"
+    b = scenarios.scenario_from_text("booking a flight", "expansion")
+    assert a.scenario_id == b.scenario_id == scenario_id("Booking a flight") and a.text == "Booking a flight"
+    assert scenarios.scenario_from_text("booking a train", "list").scenario_id != a.scenario_id
 
 
 # ------------------------------------------------------------------ conversations
@@ -105,26 +105,31 @@ def test_plain_text_and_junk() -> None:
 # ------------------------------------------------------------------ LLM steps
 
 
-async def test_extract_scenario_request_and_result() -> None:
+async def _pool(llm: ScriptedLLM, base: list[str], conversations: list, target: int,
+                cfg: MethodConfig | None = None, **scen: int) -> tuple[list, dict]:
+    return await scenarios.build_scenario_pool(base, conversations, target, llm, cfg or MethodConfig(),
+                                               ScenarioConfig(**scen), deduplicator=model_free_dedup())
+
+
+async def test_extraction_request_and_result() -> None:
     cfg = MethodConfig(constraints={"scenario_extraction": "tight"})
     llm = ScriptedLLM(scripted({"scenario_extraction": ['{"scenario": "Converting currencies."}']}))
-    transcript = scenarios.conversation_to_text(GLAIVE)
-    scenario = await scenarios.extract_scenario(transcript, 7, llm, cfg)
-    assert scenario.text == "Converting currencies" and scenario.source == "extraction"
+    pool, _ = await _pool(llm, [], [GLAIVE], 1, cfg)
+    assert [(s.text, s.source) for s in pool] == [("Converting currencies", "extraction")]
     (req,) = llm.requests
     assert req.role == "scenario_extraction"
-    assert req.request_id.startswith("scenario_extraction/7/") and req.request_id.endswith("#0")
+    assert req.request_id.startswith("scenario_extraction/0/") and req.request_id.endswith("#0")
     assert req.sampling.temperature == cfg.sampling.scenario_extraction.temperature
     assert req.constraint.spec["properties"]["scenario"]["maxLength"] <= 200
     assert "user: Hi, how many euros" in req.messages[-1].content
 
 
-async def test_expand_scenario_retries_a_too_long_answer() -> None:
-    cfg = MethodConfig()
+async def test_expansion_retries_a_too_long_answer() -> None:
     long = json.dumps({"scenario": "planning " + "a very long scenario " * 5})
     llm = ScriptedLLM(scripted({"scenario_expansion": [long, '{"scenario": "planning a garden party"}']}))
-    scenario = await scenarios.expand_scenario("booking a flight", 3, llm, cfg)
-    assert scenario.text == "planning a garden party" and scenario.source == "expansion"
+    pool, _ = await _pool(llm, ["booking a flight"], [], 2)
+    assert [(s.text, s.source) for s in pool] == [
+        ("booking a flight", "list"), ("planning a garden party", "expansion")]
     assert len(llm.requests) == 2 and llm.requests[0].sampling.seed != llm.requests[1].sampling.seed
     assert "booking a flight" in llm.requests[0].messages[-1].content
 
@@ -132,38 +137,25 @@ async def test_expand_scenario_retries_a_too_long_answer() -> None:
 @pytest.mark.parametrize("copy", ["Booking a flight.", "renewing a passport"])
 async def test_expansion_must_not_hand_back_the_input_or_an_example(copy: str) -> None:
     llm = ScriptedLLM(lambda _req: json.dumps({"scenario": copy}))
-    assert await scenarios.expand_scenario("booking a flight", 0, llm, MethodConfig(retries=0)) is None
-    assert len(llm.requests) == 1
+    pool, stats = await _pool(llm, ["booking a flight"], [], 2, MethodConfig(retries=0), expansion_rounds=1)
+    assert len(pool) == 1 and len(llm.requests) == 1
+    assert stats["failures"] == {"scenario_expansion:copied_from_prompt": 1}
 
 
 async def test_extraction_may_reuse_the_conversation_s_words() -> None:
     llm = ScriptedLLM(lambda _req: '{"scenario": "booking a flight"}')
-    scenario = await scenarios.extract_scenario("user: I am booking a flight to Oslo", 0, llm, MethodConfig())
-    assert scenario.text == "booking a flight"
+    pool, _ = await _pool(llm, [], ["user: I am booking a flight to Oslo"], 1)
+    assert [s.text for s in pool] == ["booking a flight"]
 
 
-async def test_expand_scenario_gives_up_after_retries() -> None:
+async def test_expansion_gives_up_after_retries() -> None:
     llm = ScriptedLLM(lambda _req: "```json\n{\"scen")
-    assert await scenarios.expand_scenario("booking a flight", 0, llm, MethodConfig(retries=1)) is None
-    assert len(llm.requests) == 2
+    pool, stats = await _pool(llm, ["booking a flight"], [], 2, MethodConfig(retries=1), expansion_rounds=1)
+    assert len(pool) == 1 and len(llm.requests) == 2
+    assert stats["failures"] == {"scenario_expansion:bad_json": 1}
 
 
 # ------------------------------------------------------------------ pool job
-
-
-def _hash_encoder(texts: list[str]) -> np.ndarray:
-    """A random unit vector per normalized text (no model needed): in 256 dimensions two
-    different texts are nowhere near cosine 0.85, so only exact repeats collapse."""
-    rows = []
-    for text in texts:
-        rng = np.random.default_rng(int(stable_id(scenarios.normalize(text)), 16))
-        v = rng.standard_normal(256)
-        rows.append(v / np.linalg.norm(v))
-    return np.asarray(rows, dtype=np.float32)
-
-
-def _dedup(threshold: float = 0.85) -> scenarios.Deduplicator:
-    return scenarios.Deduplicator(threshold, encoder=_hash_encoder)
 
 
 async def test_pool_grows_to_target_from_list_and_conversations() -> None:
@@ -171,7 +163,7 @@ async def test_pool_grows_to_target_from_list_and_conversations() -> None:
     llm = ScriptedLLM(scripted(), delay=0.001)
     base = ["booking a flight", "Booking a flight.", "tracking a parcel"]
     pool, stats = await scenarios.build_scenario_pool(
-        base, [json.dumps(GLAIVE), ""], 40, llm, MethodConfig(), scen_cfg, deduplicator=_dedup()
+        base, [json.dumps(GLAIVE), ""], 40, llm, MethodConfig(), scen_cfg, deduplicator=model_free_dedup()
     )
     assert len(pool) == 40 == stats["size"]
     assert [s.source for s in pool[:3]] == ["list", "list", "extraction"]
@@ -187,7 +179,7 @@ async def test_pool_is_deterministic() -> None:
     async def run() -> list[str]:
         pool, _ = await scenarios.build_scenario_pool(
             ["booking a flight"], [], 25, ScriptedLLM(scripted()), MethodConfig(), ScenarioConfig(),
-            deduplicator=_dedup(),
+            deduplicator=model_free_dedup(),
         )
         return [s.text for s in pool]
 
@@ -198,7 +190,7 @@ async def test_pool_rounds_are_bounded_when_expansion_fails() -> None:
     scen_cfg = ScenarioConfig(expansion_rounds=3)
     llm = ScriptedLLM(lambda _req: "not json")
     pool, stats = await scenarios.build_scenario_pool(
-        ["booking a flight"], [], 5, llm, MethodConfig(retries=0), scen_cfg, deduplicator=_dedup()
+        ["booking a flight"], [], 5, llm, MethodConfig(retries=0), scen_cfg, deduplicator=model_free_dedup()
     )
     assert [s.text for s in pool] == ["booking a flight"]
     assert stats["rounds"] == 3
@@ -209,11 +201,7 @@ async def test_pool_keeps_all_sources_even_above_target() -> None:
     base = [f"scenario number {w}" for w in ("one", "two", "three", "four")]
     llm = ScriptedLLM(scripted())
     pool, stats = await scenarios.build_scenario_pool(
-        base, [], 2, llm, MethodConfig(), ScenarioConfig(), deduplicator=_dedup()
+        base, [], 2, llm, MethodConfig(), ScenarioConfig(), deduplicator=model_free_dedup()
     )
     assert len(pool) == 4 and stats["rounds"] == 0 and llm.requests == []
 
-
-def test_exact_dedup_needs_no_model() -> None:
-    texts = ["Booking a flight", "booking a flight.", "BOOKING  A FLIGHT!", "booking flights", ""]
-    assert scenarios.exact_dedup(texts) == ["Booking a flight", "booking flights"]

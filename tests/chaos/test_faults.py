@@ -23,8 +23,9 @@ import ray
 
 from button_ray.button_format import validate_button_record
 from button_ray.config import load_config
+from button_ray.errors import OutputError
 from button_ray.pipeline import run_generate
-from button_ray.sink import OutputError, OutputStore, read_committed
+from button_ray.sink import OutputStore, read_committed
 from tests.fakes import in_flight, read_traces
 from tests.storage import helpers as h
 

@@ -16,7 +16,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from button_ray.config import EngineConfig, PoolConfig
-from button_ray.llm.replica import EngineStartError, start_pools, stop_pools
+from button_ray.errors import EngineStartError
+from button_ray.llm.replica import start_pools, stop_pools
 
 
 def _pool(name: str, gpus: int, replicas: int = 1, start_timeout_s: float = 60) -> PoolConfig:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from button_ray.config import EngineConfig
+from button_ray.errors import EmbeddedModelError
 from button_ray.llm import embedded
-from button_ray.llm.embedded import EmbeddedModelError, cache_root, model_display_name, resolve_model
+from button_ray.llm.embedded import cache_root, model_display_name, resolve_model
 from button_ray.llm.vllm_engine import engine_args_kwargs
 
 

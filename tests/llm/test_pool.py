@@ -7,9 +7,23 @@ import pytest
 from button_ray.config import EngineConfig, PoolConfig
 from button_ray.llm.contract import ChatMessage, LLMRequest
 from button_ray.llm.pool import PoolClient
-from button_ray.llm.replica import start_replicas
+from button_ray.llm.replica import Pools, start_replicas, stop_pools
 
 pytestmark = pytest.mark.ray
+
+
+@pytest.fixture
+def replicas(ray_local):
+    """Starts a pool's replica actors; stops them when the test ends, also when it fails."""
+    started: Pools = {}
+
+    def start(pool: PoolConfig) -> list:
+        handles = start_replicas(pool)
+        started[f"{pool.name}-{len(started)}"] = (pool, handles)
+        return handles
+
+    yield start
+    stop_pools(started)
 
 
 def _pool(**extra) -> PoolConfig:
@@ -22,9 +36,9 @@ def _req(i: int, key: str | None) -> LLMRequest:
                       affinity_key=key, request_id=f"r{i}")
 
 
-def test_affinity_holds_and_load_spreads(ray_local):
+def test_affinity_holds_and_load_spreads(ray_local, replicas):
     pool = _pool(latency_s=0.02)
-    handles = start_replicas(pool)
+    handles = replicas(pool)
     ray_local.get([h.ready.remote() for h in handles])
     client = PoolClient({"main": (pool, handles)})
 
@@ -44,13 +58,11 @@ def test_affinity_holds_and_load_spreads(ray_local):
     served = [m["served"] for m in metrics]
     assert sum(served) == 200
     assert min(served) >= 60, f"load did not spread: {served}"
-    for h in handles:
-        ray_local.kill(h, no_restart=True)
 
 
-def test_without_affinity_least_outstanding_spreads_one_key(ray_local):
+def test_without_affinity_least_outstanding_spreads_one_key(ray_local, replicas):
     pool = _pool(latency_s=0.05)
-    handles = start_replicas(pool)
+    handles = replicas(pool)
     ray_local.get([h.ready.remote() for h in handles])
     client = PoolClient({"main": (pool, handles)}, affinity=False)
 
@@ -60,13 +72,11 @@ def test_without_affinity_least_outstanding_spreads_one_key(ray_local):
     asyncio.run(main())
     served = [m["served"] for m in ray_local.get([h.metrics.remote() for h in handles])]
     assert served == [10, 10]
-    for h in handles:
-        ray_local.kill(h, no_restart=True)
 
 
-def test_dead_engine_replica_is_replaced_and_request_retried(ray_local):
+def test_dead_engine_replica_is_replaced_and_request_retried(ray_local, replicas):
     pool = _pool(die_after=3)
-    handles = start_replicas(pool)
+    handles = replicas(pool)
     infos = ray_local.get([h.ready.remote() for h in handles])
     client = PoolClient({"main": (pool, handles)})
 
@@ -79,18 +89,16 @@ def test_dead_engine_replica_is_replaced_and_request_retried(ray_local):
     assert client.failovers >= 1
     after = ray_local.get([h.metrics.remote() for h in handles])
     assert {m["pid"] for m in after} != {i["pid"] for i in infos}, "no replica process was replaced"
-    for h in handles:
-        ray_local.kill(h, no_restart=True)
 
 
-def test_a_busy_replica_keeps_a_request_past_its_deadline(ray_local, monkeypatch):
+def test_a_busy_replica_keeps_a_request_past_its_deadline(ray_local, replicas, monkeypatch):
     """Past the deadline, a replica that keeps completing other requests is slow, not hung."""
     from button_ray.llm import pool as pool_mod
 
     monkeypatch.setattr(pool_mod, "_PROGRESS_WINDOW_S", 1.0)
     pool = PoolConfig(replicas=1, num_cpus=0.1, engine_class="tests.fakes:EchoEngine", request_timeout_s=1.0,
                       engine=EngineConfig(extra={"latency_s": 0.1, "latency_by_request": {"r0": 4.0}}))
-    handles = start_replicas(pool)
+    handles = replicas(pool)
     ray_local.get([h.ready.remote() for h in handles])
     client = PoolClient({"main": (pool, handles)})
 
@@ -105,18 +113,17 @@ def test_a_busy_replica_keeps_a_request_past_its_deadline(ray_local, monkeypatch
     assert asyncio.run(main()).text == "r0"
     assert client.timeouts == 0
     assert ray_local.get(handles[0].metrics.remote())["requests"] == 60  # r0 was sent once
-    ray_local.kill(handles[0], no_restart=True)
 
 
-def test_a_hung_replica_times_out_and_the_job_stops(ray_local, monkeypatch):
+def test_a_hung_replica_times_out_and_the_job_stops(ray_local, replicas, monkeypatch):
     """A request on replicas that complete nothing is retried once elsewhere, then stops the job."""
     from button_ray.llm import pool as pool_mod
-    from button_ray.llm.pool import LLMUnavailableError
+    from button_ray.errors import LLMUnavailableError
 
     monkeypatch.setattr(pool_mod, "_PROGRESS_WINDOW_S", 1.0)
     pool = PoolConfig(replicas=2, num_cpus=0.1, engine_class="tests.fakes:EchoEngine", request_timeout_s=1.0,
                       engine=EngineConfig(extra={"latency_by_request": {"r0": 3600.0}}))
-    handles = start_replicas(pool)
+    handles = replicas(pool)
     ray_local.get([h.ready.remote() for h in handles])
     client = PoolClient({"main": (pool, handles)})
     with pytest.raises(LLMUnavailableError, match="hung engines"):
@@ -125,11 +132,9 @@ def test_a_hung_replica_times_out_and_the_job_stops(ray_local, monkeypatch):
     # One attempt on each replica, each cancelled.
     assert [ray_local.get(h.metrics.remote())["requests"] for h in handles] == [1, 1]
     assert [ray_local.get(h.metrics.remote())["in_flight"] for h in handles] == [0, 0]
-    for h in handles:
-        ray_local.kill(h, no_restart=True)
 
 
-def test_a_replica_reloading_its_engine_keeps_its_requests_past_the_deadline(ray_local, monkeypatch):
+def test_a_replica_reloading_its_engine_keeps_its_requests_past_the_deadline(ray_local, replicas, monkeypatch):
     """A replica restarted after a dead engine takes longer to load than a request's deadline:
     the load is not a hang, so its requests wait (bounded by start_timeout_s) instead of
     timing out twice and stopping the job."""
@@ -138,7 +143,7 @@ def test_a_replica_reloading_its_engine_keeps_its_requests_past_the_deadline(ray
     monkeypatch.setattr(pool_mod, "_PROGRESS_WINDOW_S", 1.0)
     pool = PoolConfig(replicas=1, num_cpus=0.1, engine_class="tests.fakes:EchoEngine", request_timeout_s=1.0,
                       start_timeout_s=60, engine=EngineConfig(extra={"die_after": 2, "restart_latency_s": 6.0}))
-    handles = start_replicas(pool)
+    handles = replicas(pool)
     first = ray_local.get(handles[0].ready.remote())
     client = PoolClient({"main": (pool, handles)})
 
@@ -150,4 +155,13 @@ def test_a_replica_reloading_its_engine_keeps_its_requests_past_the_deadline(ray
     assert client.failovers >= 1
     assert ray_local.get(handles[0].metrics.remote())["pid"] != first["pid"]
     assert client.timeouts == 0, "the reload was counted against the request's deadline"
-    ray_local.kill(handles[0], no_restart=True)
+
+
+def test_stopping_a_pool_shuts_each_engine_down_before_the_kill(ray_local, tmp_path):
+    pool = _pool(shutdown_dir=str(tmp_path))
+    handles = start_replicas(pool)
+    try:
+        pids = {info["pid"] for info in ray_local.get([h.ready.remote() for h in handles])}
+    finally:
+        stop_pools({"main": (pool, handles)})
+    assert {int(p.stem) for p in tmp_path.glob("*.shutdown")} == pids

@@ -8,23 +8,19 @@ faster).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from button_ray.config import load_config
-from button_ray.llm.contract import (
-    ChatMessage,
-    LLMRequest,
-    LLMRequestError,
-    OutputConstraint,
-    ReplicaFatalError,
-    Sampling,
-)
+from button_ray.errors import LLMRequestError, ReplicaFatalError
+from button_ray.llm.contract import ChatMessage, LLMRequest, OutputConstraint, Sampling
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 
@@ -50,7 +46,14 @@ async def engine():
     await eng.start()
     print(f"engine start {time.monotonic() - t0:.1f} s")
     yield eng
+    llm = weakref.ref(eng._llm)
     await eng.shutdown()
+    # Released now, not in the interpreter's teardown, where vLLM's finalizer fails. The
+    # last test kills the engine: its error, whose traceback runs through the engine's
+    # frames, may still be held for the test's report (a frame and its locals); no engine
+    # reference of ours (the engine's attributes, the executor that built it) may remain.
+    holders = {type(r).__name__ for r in gc.get_referrers(llm())} if llm() is not None else set()
+    assert eng._llm is None and holders <= {"frame", "dict"}, holders
 
 
 async def test_plain_chat(engine):
@@ -197,22 +200,6 @@ async def test_forward_passes_are_bound_to_every_visible_core(engine):
     assert {frozenset({c}) for c in cores} <= pinned, pinned
 
 
-@pytest.mark.chaos
-async def test_dead_engine_raises_replica_fatal(engine):
-    """Runs last: kills the engine core process, as the seed/chunked-prefill crash does."""
-    import psutil
-
-    cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in p.name()]
-    assert cores
-    for proc in cores:
-        proc.kill()
-    with pytest.raises(ReplicaFatalError):
-        for i in range(50):  # the client notices the death within a moment, never hangs
-            request = _request("Say hi.", f"dead-{i}", sampling=Sampling(max_tokens=4, seed=10))
-            await asyncio.wait_for(engine.generate(request), timeout=60)
-            await asyncio.sleep(0.2)
-
-
 async def test_structure_strength_constraints_compile_in_the_engine(engine):
     """The cluster configs' constraints (no length bounds, nested specs) go through vLLM's
     own structured-output path: every one is taken and its output parses when it ends."""
@@ -238,3 +225,19 @@ async def test_structure_strength_constraints_compile_in_the_engine(engine):
         assert out.completion_tokens > 0, name
         if out.finish_reason == "stop" and name != "assistant":
             json.loads(out.text)
+
+
+@pytest.mark.chaos
+async def test_dead_engine_raises_replica_fatal(engine):
+    """Runs last: kills the engine core process, as the seed/chunked-prefill crash does."""
+    import psutil
+
+    cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in p.name()]
+    assert cores
+    for proc in cores:
+        proc.kill()
+    with pytest.raises(ReplicaFatalError):
+        for i in range(50):  # the client notices the death within a moment, never hangs
+            request = _request("Say hi.", f"dead-{i}", sampling=Sampling(max_tokens=4, seed=10))
+            await asyncio.wait_for(engine.generate(request), timeout=60)
+            await asyncio.sleep(0.2)

@@ -32,7 +32,7 @@ from typing import Any
 
 from button_ray.button_format import PARALLEL_ON, dump_json
 from button_ray.llm.contract import LLMRequest
-from button_ray.top_down.schema import canonical_types
+from button_ray.specs import canonical_types
 
 
 def _between(text: str, start: str, end: str) -> str:

@@ -1,8 +1,8 @@
 """Shared by the storage and chaos tests: small runs, and the exactness check.
 
 The expected record ids are computed here independently of the pipeline, from what
-DESIGN promise 3 defines: ``stable_id(config fingerprint, scenario id, slot)`` for the
-first ``n`` scenarios of the input and every slot.
+``docs/architecture.md`` (guarantees) defines: ``stable_id(config fingerprint, scenario
+id, slot)`` for the first ``n`` scenarios of the input and every slot.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from button_ray.config import (
     RuntimeConfig,
     ScenarioConfig,
 )
-from button_ray.inputs import scenario_id
-from button_ray.records import stable_id
+from button_ray.records import scenario_id, stable_id
 from button_ray.sink import read_committed
 
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from button_ray.card import DISTRIBUTIONS, write_card
+from button_ray.errors import OutputError
 from button_ray.export import export
-from button_ray.sink import OutputError
 from tests import synthetic
 from tests.training_checks import calls_from_button, calls_from_openai, calls_from_sharegpt, read_jsonl
 

@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from button_ray.errors import OutputError
 from button_ray.pipeline import run_generate
 from button_ray.records import ACCEPTED_SCHEMA, REJECTED_SCHEMA
-from button_ray.sink import OutputError, OutputStore, plan_shards, read_committed
+from button_ray.sink import OutputStore, plan_shards, read_committed
 from tests.storage import helpers as h
 from tests.storage.seaweed import free_ports
 

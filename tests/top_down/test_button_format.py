@@ -17,7 +17,7 @@ from button_ray.button_format import (
     validate_button_record,
     validate_jsonl,
 )
-from button_ray.prompts import template_text
+from button_ray.templates import system_template
 from button_ray.records import ToolCall, Turn
 from tests.top_down.helpers import BUNDLE
 
@@ -42,7 +42,7 @@ def record(parallel: bool = True, turns: list[Turn] = TURNS) -> dict[str, Any]:
 
 
 def test_system_prompt_is_the_template_filled_in() -> None:
-    expected = template_text("system_template.txt").replace(
+    expected = system_template().replace(
         "{tool_list}", json.dumps([f.as_button_dict() for f in FUNCTIONS], ensure_ascii=False)
     )
     assert render_system_prompt(FUNCTIONS, True) == expected.replace("{parallel}", PARALLEL_ON)

@@ -306,8 +306,62 @@ async def test_the_simulation_rejects_with_the_content_reason() -> None:
         return [call_text(invented, call("get_local_time", city="Paris")),
                 call_text(call("suggest_activity", temperature=21.0, time="14:00")), FINAL][turn]  # fmt: skip
 
-    item = await simulate(make_item(), ScriptedLLM(script(assistant)), cfg())
-    assert (item.rejection.stage, item.rejection.reason) == ("trajectory_filter", "ungrounded_argument")
-    assert "London" in item.rejection.detail
+    llm = ScriptedLLM(script(assistant))
+    item = await simulate(make_item(), llm, cfg(retries=1))
+    # Checked as the turn is written: the turn is redrawn, then the item rejected at that step.
+    assert (item.rejection.stage, item.rejection.reason) == ("assistant_agent", "ungrounded_argument")
+    assert "London" in item.rejection.detail and len(llm.by_role("assistant_agent")) == 2
+    assert item.usage_for("assistant_agent").unparseable == 0  # a rule break, not malformed output
     off = await simulate(make_item(), ScriptedLLM(script(assistant)), cfg(content=ContentConfig(grounding="off")))
     assert off.outcome == "emitted", off.rejection
+
+
+async def test_rule_breaks_are_redrawn_as_they_are_written() -> None:
+    """A degenerate thought or tool result, or a copied thought, is retried with a new seed
+    at its step; the redrawn dialogue is emitted."""
+    import json
+
+    from button_ray.top_down import simulate
+    from tests.fakes import ScriptedLLM
+    from tests.top_down.helpers import call, call_text, cfg
+
+    loop = "I will check it now. " * 6
+    good = [call_text(call("get_weather", city="Paris"), call("get_local_time", city="Paris"),
+                      thought="First the weather and the time in Paris."),
+            call_text(call("suggest_activity", temperature=21.0, time="14:00"),
+                      thought="Now an activity for 21 degrees at 14:00."), FINAL]  # fmt: skip
+
+    def assistant(turn: int, attempt: int) -> str:
+        if attempt == 0 and turn == 0:
+            return call_text(call("get_weather", city="Paris"), thought=loop)  # degenerate thought
+        if attempt == 0 and turn == 1:
+            return good[0]  # a copy of turn 0's thought
+        return good[turn]
+
+    def tool(request) -> str:
+        name = json.loads(request.messages[-1].content.split("<call>")[1].split("</call>")[0])["name"]
+        if name == "get_weather" and request.request_id.endswith("#0"):
+            return json.dumps({"temperature": 21.0, "summary": "sunny " * 30})
+        return json.dumps(TOOL_RESULTS[name])
+
+    llm = ScriptedLLM(script(assistant, tool))
+    item = await simulate(make_item(), llm, cfg())
+    assert item.outcome == "emitted", item.rejection
+    assert len(llm.by_role("assistant_agent")) == 5  # turn 0 twice, turn 1 twice, the final once
+    weather = [r for r in llm.by_role("tool_agent") if '"get_weather"' in r.messages[-1].content]
+    assert len(weather) == 2 and item.turns[2].results[0]["summary"] == "sunny"
+
+
+def test_a_final_answer_needs_words() -> None:
+    from button_ray.quality import new_turn_problem
+
+    cfg = ContentConfig()
+    calls = [Turn(role="user", content="What is the weather in Paris?")]
+    for final, reason in (("(", "short_final_answer"), ("Sunny.", "short_final_answer"),
+                          ("It is sunny in Paris, 21 degrees.", None)):  # fmt: skip
+        turn = Turn(role="assistant", thought="Done.", final=final)
+        found = new_turn_problem(calls, turn, [], cfg)
+        assert (found[0] if found else None) == reason, final
+        assert (trajectory_content_problem([*calls, turn], [], cfg) or (None,))[0] == reason
+    assert new_turn_problem(calls, Turn(role="assistant", thought="Done.", final="("), [],
+                            ContentConfig(final_min_words=0)) is None  # fmt: skip

@@ -3,8 +3,6 @@ backend) and accept exactly what the parsers accept."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import xgrammar
 from xgrammar.testing import _is_grammar_accept_string

@@ -8,8 +8,8 @@ import pytest
 import xgrammar
 from xgrammar.testing import _is_grammar_accept_string
 
+from button_ray.errors import ParseError
 from button_ray.records import Composition, TaskBundle
-from button_ray.steps import ParseError
 from button_ray.top_down import simulate
 from button_ray.top_down.agents import TrajectoryContext, parse_assistant_turn, tool_order
 from tests.fakes import ScriptedLLM

@@ -7,6 +7,7 @@ import json
 import time
 
 from button_ray.button_format import validate_button_record
+from button_ray.config import ContentConfig
 from button_ray.llm.contract import LLMRequest, LLMResponse
 from button_ray.top_down import choose_parallel, simulate
 from tests.fakes import ScriptedLLM
@@ -63,7 +64,8 @@ async def test_parallel_off_rejects_when_retries_keep_multi_calling() -> None:
 
 async def test_turn_limit() -> None:
     llm = ScriptedLLM(script(lambda t, a: call_text(call("get_weather", city="Paris", days=t + 1))))
-    item = await simulate(make_item(), llm, cfg(max_assistant_turns=3))
+    # The same call with new arguments each turn: ungrounded, so the grounding rule is off here.
+    item = await simulate(make_item(), llm, cfg(max_assistant_turns=3, content=ContentConfig(grounding="off")))
     assert (item.rejection.stage, item.rejection.reason) == ("simulation", "turn_limit")
     assert len(llm.by_role("assistant_agent")) == 3
 
@@ -86,7 +88,8 @@ async def test_clarification_then_continue() -> None:
 
 
 async def test_clarification_limit() -> None:
-    llm = ScriptedLLM(script(lambda t, a: "Could you tell me more?"))
+    questions = ["Could you tell me more about the city you mean?", "Which day and what time should I plan for?"]
+    llm = ScriptedLLM(script(lambda t, a: questions[t % 2]))
     item = await simulate(make_item(), llm, cfg(max_clarifications=1))
     assert (item.rejection.stage, item.rejection.reason) == ("simulation", "clarification_limit")
     assert len(llm.by_role("user_agent")) == 2  # the opening message and one reply

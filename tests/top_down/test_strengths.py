@@ -13,11 +13,11 @@ from xgrammar.testing import _is_grammar_accept_string
 from button_ray.bottom_up import functions
 from button_ray.bottom_up.common import output_constraint
 from button_ray.config import MethodConfig, TightConstraints
+from button_ray.errors import ParseError
 from button_ray.llm.contract import LLMResponse
 from button_ray.records import Composition, FunctionDef, ToolCall
-from button_ray.steps import ParseError
+from button_ray.specs import call_problem
 from button_ray.top_down.grammar import assistant_grammar, tool_result_grammar, user_message_grammar
-from button_ray.top_down.schema import call_problem
 
 TRACK = FunctionDef(
     name="track_shipment_by_reference_number",  # 34 characters
@@ -186,3 +186,27 @@ def test_calls_are_checked_against_nested_specs() -> None:
     assert problem(carrier="royal mail") == "argument_not_in_enum"
     assert problem(legs=[{"to": "Lyon"}]) == "missing_required_argument"
     assert problem(legs=[{"from": 3}]) == "wrong_argument_type"
+
+
+def test_grounded_arguments_take_only_the_dialogues_values() -> None:
+    from button_ray.quality import grounding_candidates
+    from button_ray.records import Turn
+    from tests.top_down.helpers import WEATHER
+
+    said = [Turn(role="user", content="What will the weather be in New York on 12 May, for 3 days?")]
+    strings, numbers = grounding_candidates(said)
+    assert "New York" in strings and "weather" in strings and 3.0 in numbers and 12.0 in numbers
+    assert "the weather" not in strings  # no phrase starts or ends with a stop word
+    g = compile_(assistant_grammar([WEATHER], parallel=False, max_calls_per_turn=1, strength="tight",
+                                   tight=TightConstraints(), grounded=(strings, numbers)))  # fmt: skip
+
+    def weather(**arguments) -> str:
+        return f'x <call>[{json.dumps({"name": "get_weather", "arguments": arguments})}]</call>'
+
+    assert accepts(g, weather(city="New York", days=3))
+    assert not accepts(g, weather(city="London"))  # never said
+    assert not accepts(g, weather(city="New York", days=4))
+    # nothing of a type said: any value of the type (the content rule then decides)
+    free = compile_(assistant_grammar([WEATHER], parallel=False, max_calls_per_turn=1, strength="tight",
+                                      tight=TightConstraints(), grounded=(("New York",), ())))  # fmt: skip
+    assert accepts(free, weather(city="New York", days=4))

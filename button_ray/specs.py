@@ -1,4 +1,6 @@
-"""Types of function parameters and results, as generated functions spell them.
+"""Function specs: the types of parameters and results as generated functions spell
+them, and checking values and calls against them. Shared by the function stage, the
+agents' grammars, the trajectory filter, the content rules and the training formats.
 
 Generated definitions use JSON-schema-ish type names and sometimes Python's (``str``,
 ``int``, ``list``, ``dict``). Everything here maps them onto six canonical types;
@@ -97,19 +99,6 @@ def call_problem(call: ToolCall, functions: dict[str, FunctionDef]) -> tuple[str
             if problem:
                 return problem
     return None
-
-
-#: Average characters per English word plus its separating space.
-_CHARS_PER_WORD = 6
-
-
-def word_bound(max_chars: int) -> int:
-    """The word count that stands for a ``max_chars`` bound in constraints (at least 1).
-
-    Constraints bound words rather than characters because the engine compiles long
-    bounded character repetitions slowly (see ``top_down.grammar``).
-    """
-    return max(1, max_chars // _CHARS_PER_WORD)
 
 
 def call_key(call: ToolCall) -> str:
