@@ -67,7 +67,6 @@ class TrajectoryContext:
     functions: tuple[FunctionDef, ...] = field(init=False)
     tools: tuple[FunctionDef, ...] = field(init=False)
     by_name: dict[str, FunctionDef] = field(init=False)
-    subtask_of: dict[str, int] = field(init=False)
     apart: frozenset[frozenset[str]] = field(init=False)
     assistant_system: str = field(init=False)
     user_constraint: OutputConstraint | None = field(init=False)
@@ -81,12 +80,12 @@ class TrajectoryContext:
         self.functions = self.bundle.flat_functions
         self.tools = tool_order(self.item_id, self.functions, self.cfg.shuffle_tools)
         self.by_name = {f.name: f for f in self.functions}
-        self.subtask_of = {f.name: i for i, group in enumerate(self.bundle.functions) for f in group}
+        subtask_of = {f.name: i for i, group in enumerate(self.bundle.functions) for f in group}
         depends = DEPENDS_ON.get(self.bundle.composition.strategy, {})
         self.apart = frozenset(
             frozenset({a, b})
-            for a, i in self.subtask_of.items()
-            for b, j in self.subtask_of.items()
+            for a, i in subtask_of.items()
+            for b, j in subtask_of.items()
             if i in depends.get(j, ())
         )
         composition = self.bundle.composition

@@ -99,11 +99,11 @@ def test_real_engine_replica_killed_with_requests_in_flight(ray_local, s3_server
 
 
 def _snapshot(tmp_path: Path) -> Path:
-    """A frozen copy of the package and configs for the two CLI runs: a source edit in
-    between (a shared work tree, a long test) would change the config fingerprint, and
-    the resume would rightly be refused."""
+    """A frozen copy of the package, its prompt templates and the configs for the two CLI
+    runs: a source edit in between (a shared work tree, a long test) would change the
+    config fingerprint, and the resume would rightly be refused."""
     src = tmp_path / "src"
-    for d in ("button_ray", "configs"):
+    for d in ("button_ray", "prompts", "configs"):
         shutil.copytree(Path.cwd() / d, src / d, ignore=shutil.ignore_patterns("__pycache__"))
     return src
 
