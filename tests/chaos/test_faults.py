@@ -99,7 +99,7 @@ def test_simulation_actor_killed_mid_trajectory(ray_local, s3_server, tmp_path):
     trace = tmp_path / "trace"
     trace.mkdir()
     run = h.cfg(s3_server.uri("sim-kill"), s3_server.storage_options, n=4, shard_size=2, slots=2,
-                latency_s=0.1, trace_dir=str(trace))
+                latency_s=0.3, trace_dir=str(trace))
     before = h.all_actor_ids("SimulationStage")
     bg = h.Background(lambda: run_generate(run))
     sim_roles = {"user_agent", "assistant_agent", "tool_agent"}
