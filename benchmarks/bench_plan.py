@@ -26,7 +26,8 @@ import ray
 
 from benchmarks.common import REPO, now, table, write_result
 from button_ray.config import load_config
-from button_ray.pipeline import run_generate, run_plan
+from button_ray.pipeline import run_generate
+from button_ray.plan_job import run_plan
 
 
 def compare(plan: dict[str, Any], summary: dict[str, Any], replicas: int) -> list[dict[str, Any]]:

@@ -80,7 +80,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     from button_ray import plan, summary
     from button_ray.card import render_examples
-    from button_ray.pipeline import run_plan
+    from button_ray.plan_job import run_plan
 
     cfg = _load(args)
     doc = run_plan(cfg, sample=args.sample, target=args.target, throughput=args.throughput, examples=args.examples)

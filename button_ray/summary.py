@@ -69,25 +69,43 @@ def add_item(stats: dict[str, Any], item: WorkItem) -> None:
             acc[k] += getattr(u, k)
 
 
+def item_stats(item: WorkItem) -> dict[str, Any]:
+    """The stats of one finished item alone (what a stage actor reports for it)."""
+    stats = new_stats()
+    add_item(stats, item)
+    return stats
+
+
+def as_near_duplicate(stats: dict[str, Any]) -> dict[str, Any]:
+    """One emitted item's stats (:func:`item_stats`) once the run-wide check rejects it."""
+    return {**stats, "emitted": 0, "shape": dict.fromkeys(SHAPE_KEYS, 0),
+            "rejected": {"dedup": {"near_duplicate": 1}}}
+
+
+def add_stats(total: dict[str, Any], s: dict[str, Any]) -> None:
+    """Add the counts of ``s`` into ``total`` (in place)."""
+    total["items"] += s["items"]
+    total["emitted"] += s["emitted"]
+    total["failed"] += s["failed"]
+    for stage, reasons in s["rejected"].items():
+        acc = total["rejected"].setdefault(stage, {})
+        for reason, n in reasons.items():
+            acc[reason] = acc.get(reason, 0) + n
+    for kind, n in s["errors"].items():
+        total["errors"][kind] = total["errors"].get(kind, 0) + n
+    # Stats written before the shape was counted have none.
+    for key, n in s.get("shape", {}).items():
+        total["shape"][key] = total["shape"].get(key, 0) + n
+    for role, u in s["usage"].items():
+        acc = total["usage"].setdefault(role, {k: 0 for k in u})
+        for k, v in u.items():
+            acc[k] = acc.get(k, 0) + v
+
+
 def merge(all_stats: Iterable[dict[str, Any]]) -> dict[str, Any]:
     total = new_stats()
     for s in all_stats:
-        total["items"] += s["items"]
-        total["emitted"] += s["emitted"]
-        total["failed"] += s["failed"]
-        for stage, reasons in s["rejected"].items():
-            acc = total["rejected"].setdefault(stage, {})
-            for reason, n in reasons.items():
-                acc[reason] = acc.get(reason, 0) + n
-        for kind, n in s["errors"].items():
-            total["errors"][kind] = total["errors"].get(kind, 0) + n
-        # Stats written before the shape was counted have none.
-        for key, n in s.get("shape", {}).items():
-            total["shape"][key] = total["shape"].get(key, 0) + n
-        for role, u in s["usage"].items():
-            acc = total["usage"].setdefault(role, {k: 0 for k in u})
-            for k, v in u.items():
-                acc[k] = acc.get(k, 0) + v
+        add_stats(total, s)
     return total
 
 
@@ -213,9 +231,10 @@ class Progress:
         self._thread: threading.Thread | None = None
         self.stats = new_stats()
 
-    def update(self, item: WorkItem, force: bool = False) -> None:
+    def update(self, item_stats: dict[str, Any], force: bool = False) -> None:
+        """Count one finished item (its :func:`item_stats`)."""
         with self._lock:
-            add_item(self.stats, item)
+            add_stats(self.stats, item_stats)
         self.maybe_print(force)
 
     def maybe_print(self, force: bool = False) -> None:

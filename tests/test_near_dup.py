@@ -11,9 +11,11 @@ from pydantic import ValidationError
 from button_ray import near_dup
 from button_ray.config import ContentConfig
 from button_ray.near_dup import NearDuplicateIndex, index_for
-from button_ray.pipeline import ShardSink, shard_items
+from button_ray.ledger import ShardLedger
 from button_ray.records import Scenario, WorkItem
 from button_ray.sink import OutputStore, plan_shards, read_committed
+from button_ray.source import shard_items
+from tests.deliver import deliver
 
 TASK = ("Find a hotel in Lisbon for 3 June 2025 for 2 people, then book the cheapest one with free "
         "cancellation and send the confirmation to my email address.")  # fmt: skip
@@ -89,31 +91,35 @@ def _emitted_items(shard: str, scenarios: list[Scenario], tasks: list[str]) -> l
     return done
 
 
-LINEAGE = {"config_fingerprint": "fp", "models": {}, "engine_version": "x", "template_hashes": {}}
+def _rejected(uri: str) -> dict[str, tuple[str, str, str]]:
+    table = read_committed(uri, "rejected").to_pylist()
+    return {r["record_id"]: (r["stage"], r["reason"], r["detail"]) for r in table}
 
 
-def test_the_sink_rejects_near_duplicates_also_of_committed_shards(tmp_path) -> None:
+def test_the_ledger_rejects_near_duplicates_also_of_committed_shards(tmp_path) -> None:
     scenarios = [Scenario(scenario_id=f"s{i}", text=f"Scenario {i}") for i in range(4)]
     first, second = plan_shards("fp", [s.scenario_id for s in scenarios], 2, slots=1)
     other = "Check the weather and local time in Oslo, then suggest an activity for the afternoon."
-    store = OutputStore(str(tmp_path / "out"))
+    uri = str(tmp_path / "out")
+    store = OutputStore(uri)
     store.preflight()
-    sink = ShardSink(store, "fp", [first], lineage=LINEAGE, duplicates=NearDuplicateIndex(0.8))
+    ledger = ShardLedger(duplicates=NearDuplicateIndex(0.8))
+    ledger.add_plans([first])
     a, b = _emitted_items(first.key, scenarios[:2], [TASK, TASK.replace("email address", "email")])
-    sink.add(first.key, a)
-    sink.add(first.key, b)
-    assert a.outcome == "emitted"
-    assert (b.outcome, b.rejection.stage, b.rejection.reason) == ("rejected", "dedup", "near_duplicate")
-    assert a.item_id in b.rejection.detail
-    sink.write_manifest()
-    assert read_committed(str(tmp_path / "out"), "data").column("record_id").to_pylist() == [a.item_id]
+    deliver(store, ledger, first.key, [a, b])
+    store.write_manifest("fp", ledger.markers.values())
+    assert read_committed(uri, "data").column("record_id").to_pylist() == [a.item_id]
+    stage, reason, detail = _rejected(uri)[b.item_id]
+    assert (stage, reason) == ("dedup", "near_duplicate") and a.item_id in detail
+    assert ledger.markers[first.key]["stats"]["rejected"] == {"dedup": {"near_duplicate": 1}}
 
     # A resume: the committed tasks are indexed again before new items arrive.
-    resumed = ShardSink(store, "fp", [second], lineage=LINEAGE, duplicates=NearDuplicateIndex(0.8))
+    resumed = ShardLedger(duplicates=NearDuplicateIndex(0.8))
     resumed.markers = store.committed()
-    resumed.index_committed()
+    resumed.index_committed(store)
+    resumed.add_plans([second])
     c, d = _emitted_items(second.key, scenarios[2:], [TASK, other])
-    resumed.add(second.key, c)
-    resumed.add(second.key, d)
-    assert c.rejection is not None and a.item_id in c.rejection.detail
-    assert d.outcome == "emitted"
+    deliver(store, resumed, second.key, [c, d])
+    store.write_manifest("fp", resumed.markers.values())
+    assert a.item_id in _rejected(uri)[c.item_id][2]
+    assert d.item_id in read_committed(uri, "data").column("record_id").to_pylist()

@@ -170,20 +170,24 @@ def _source_fixture(n_scenarios=7, slots=3, shard_size=2, seed=11):
 
 
 def test_shard_expansion_gives_the_same_items_ids_and_seeds():
-    """One row per shard, expanded in a task: exactly the rows (ids, seeds, order) of before."""
+    """One row per shard, expanded in a task: exactly the rows (ids, seeds, order) of before;
+    items a part holds already are skipped."""
     import numpy as np
 
-    from button_ray.pipeline import expand_shards, make_items, shard_rows
     from button_ray.records import WorkItem, derive_seed, stable_id
+    from button_ray.source import expand_shards, make_items, shard_rows
+
+    def expand(row):
+        out = expand_shards({k: np.array([v]) for k, v in row.items()}, fingerprint, seed, slots)
+        return [{"item": i, "shard": s} for i, s in zip(out["item"], out["shard"])]
 
     fingerprint, seed, slots, plans, by_id = _source_fixture()
     rows = shard_rows(plans, by_id)
     assert len(rows) == len(plans) == 4  # one small row per shard, not per item
-    expanded = []
-    for row in rows:
-        out = expand_shards({k: np.array([v]) for k, v in row.items()}, fingerprint, seed, slots)
-        expanded += [{"item": i, "shard": s} for i, s in zip(out["item"], out["shard"])]
+    expanded = [r for row in rows for r in expand(row)]
     assert expanded == make_items(fingerprint, seed, plans, by_id, slots)
+    skipped = [WorkItem.model_validate_json(r["item"]).item_id for r in expanded[:2]]
+    assert expand(shard_rows(plans[:1], by_id, {plans[0].key: skipped})[0]) == expanded[2:plans[0].items]
     for row, (plan, sid, slot) in zip(expanded, [(p, sid, k) for p in plans for sid in p.scenario_ids
                                                  for k in range(slots)]):
         item = WorkItem.model_validate_json(row["item"])
@@ -195,7 +199,7 @@ def test_shard_expansion_gives_the_same_items_ids_and_seeds():
 def test_source_gate_bounds_the_expansion_and_counts_a_retried_shard_once():
     import asyncio
 
-    from button_ray.pipeline import SourceGate
+    from button_ray.source import SourceGate
 
     async def scenario():
         gate = SourceGate(window=10)
@@ -224,7 +228,7 @@ def test_item_source_streams_small_blocks_within_its_window(ray_local):
     never gets more than the window ahead of the consumer."""
     import ray
 
-    from button_ray.pipeline import ItemSource, SourceGate, make_items, shard_rows
+    from button_ray.source import ItemSource, SourceGate, make_items, shard_rows
 
     fingerprint, seed, slots, plans, by_id = _source_fixture(n_scenarios=9, slots=3, shard_size=2)
     source = ItemSource(shard_rows(plans, by_id), fingerprint, seed, slots, max(p.items for p in plans))
@@ -252,9 +256,9 @@ def test_ray_data_per_block_stats_are_bounded():
     pipeline's execution callback trims it, so a long stream does not grow the driver."""
     from types import SimpleNamespace
 
-    from button_ray.pipeline import _bounded_block_stats
+    from button_ray.compat import bounded_block_stats
 
-    callback = _bounded_block_stats()()
+    callback = bounded_block_stats()()
     keep = callback.KEEP
     class Op:  # hashable, like Ray Data's operators (the keys of the executor's topology)
         def __init__(self, **attrs):
@@ -273,11 +277,11 @@ def test_block_stats_trim_reaches_real_ray_data_operators(ray_local):
     list the trim relies on (a renamed attribute would silently switch it off)."""
     import ray.data
 
-    from button_ray.pipeline import _bounded_block_stats
+    from button_ray.compat import bounded_block_stats
 
     seen: dict[str, int] = {}
 
-    class Probe(_bounded_block_stats()):
+    class Probe(bounded_block_stats()):
         KEEP = 5
 
         def after_execution_succeeds(self, executor):

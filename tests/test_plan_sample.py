@@ -9,8 +9,9 @@ import json
 import pytest
 
 from button_ray.cli import main
-from button_ray.pipeline import run_generate, run_plan
-from button_ray.sink import OutputError
+from button_ray.pipeline import run_generate
+from button_ray.plan_job import run_plan
+from button_ray.errors import OutputError
 from tests.storage import helpers as h
 
 pytestmark = pytest.mark.ray

@@ -71,10 +71,7 @@ def test_success_marker_is_removed_when_a_resume_with_pending_work_fails(ray_loc
     run_generate(run)
     assert (tmp_path / "run" / "_SUCCESS").exists()
 
-    def broken_commit(self, plan, *args, **kwargs):
-        raise RuntimeError("scripted commit failure")
-
-    monkeypatch.setattr(OutputStore, "commit_shard", broken_commit)
+    h.fail_commits_after(monkeypatch, 0, uri)
     with pytest.raises(Exception, match="scripted commit failure"):
         run_generate(run, limit=4)
     assert not (tmp_path / "run" / "_SUCCESS").exists()
@@ -87,11 +84,11 @@ def test_success_marker_is_removed_when_a_resume_with_pending_work_fails(ray_loc
 def test_shards_committed_before_a_failure_are_in_the_manifest(ray_local, tmp_path, monkeypatch):
     uri = str(tmp_path / "run")
     run = h.cfg(uri, n=6, shard_size=2, slots=1, in_flight=1)
-    commits = h.fail_commits_after(monkeypatch, 2)
+    commits = h.fail_commits_after(monkeypatch, 2, uri)
     with pytest.raises(Exception, match="scripted commit failure"):
         run_generate(run)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert sorted(s["key"] for s in manifest["shards"]) == sorted(commits)
+    assert sorted(s["key"] for s in manifest["shards"]) == sorted(commits())
     assert len(_ids(uri)) == 4
 
 

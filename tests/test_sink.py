@@ -77,7 +77,7 @@ def test_plan_shards_skips_covered_scenarios_whatever_their_shards():
      {"config_kwargs": {"retries": {"max_attempts": 3}}, "region_name": "eu"}),
 ])
 def test_redact_keeps_only_known_safe_options(options, clear):
-    from button_ray.sink import redact
+    from button_ray.storage import redact
 
     red = redact(options)
 
@@ -97,10 +97,10 @@ def test_redact_keeps_only_known_safe_options(options, clear):
 
 
 def test_a_storage_error_on_the_manifest_is_one_sentence(tmp_path, monkeypatch):
-    from button_ray import sink
+    from button_ray import storage
 
     store = OutputStore(str(tmp_path / "out"))
-    monkeypatch.setattr(sink, "STORAGE_ATTEMPTS", 1)
+    monkeypatch.setattr(storage, "STORAGE_ATTEMPTS", 1)
 
     def refused(path, data):
         raise ConnectionRefusedError(111, "Connection refused")
@@ -118,9 +118,15 @@ def test_preflight_unwritable(tmp_path):
         store.preflight()
 
 
-def test_shard_sink_counts_a_redelivered_item_once(tmp_path):
-    from button_ray.pipeline import ShardSink, shard_items
+def test_the_ledger_counts_a_redelivered_item_once_and_commits_from_parts(tmp_path):
+    """Items arrive as parts (one per delivered block), out of order, one twice before the
+    commit and once after it (at-least-once execution): the shard commits every item
+    once, in plan order, and its spent parts are deleted after the marker."""
+    from button_ray.ledger import ShardLedger
+    from button_ray.parts import PARTS_DIR, durable_outcomes
     from button_ray.records import Scenario, WorkItem
+    from button_ray.source import shard_items
+    from tests.deliver import deliver
 
     scenarios = [Scenario(scenario_id=f"s{i}", text=f"Scenario {i}", source="x.txt") for i in range(3)]
     (plan,) = plan_shards("fp", [s.scenario_id for s in scenarios], 4, slots=2)
@@ -129,14 +135,17 @@ def test_shard_sink_counts_a_redelivered_item_once(tmp_path):
         item.fail("scripted")
     store = OutputStore(str(tmp_path / "out"))
     store.preflight()
-    lineage = {"config_fingerprint": "fp", "models": {}, "engine_version": "x", "template_hashes": {}}
-    sink = ShardSink(store, "fp", [plan], lineage=lineage)
-    # Out of order, an item delivered twice before the commit and once after it
-    # (at-least-once execution).
-    taken = [sink.add(plan.key, item) for item in [items[0], *reversed(items[2:]), items[0], items[1], items[3]]]
+    ledger = ShardLedger()
+    ledger.add_plans([plan])
+    taken = deliver(store, ledger, plan.key, [items[0], *reversed(items[2:])])
+    assert len(durable_outcomes(store)) == 5 and not ledger.markers  # durable, not committed
+    taken += deliver(store, ledger, plan.key, [items[0], items[1]])
+    taken += deliver(store, ledger, plan.key, [items[3]])
     # Redeliveries are not new (the progress line counts only new items).
     assert taken == [True, True, True, True, True, False, True, False]
-    assert set(sink.markers) == {plan.key} and not sink.buffers and sink.missing() == {}
-    sink.write_manifest()
+    assert set(ledger.markers) == {plan.key} and not ledger.open and ledger.missing() == {}
+    store.write_manifest("fp", ledger.markers.values())
     ids = read_committed(str(tmp_path / "out"), "rejected").column("record_id").to_pylist()
-    assert len(ids) == len(set(ids)) == 6
+    assert ids == [i.item_id for i in items]  # each once, in plan order
+    # The part delivered after the commit stays (nothing reads it; a complete run removes it).
+    assert [p.rsplit("/", 2)[-2] for p in store.find(PARTS_DIR)] == [plan.key]

@@ -68,7 +68,7 @@ def test_progress_line_survives_a_failing_probe():
 
     out = io.StringIO()
     progress = summary.Progress(total_items=1, interval=60, out=out, probe=probe)
-    progress.update(_item(0, "emitted"), force=True)
+    progress.update(summary.item_stats(_item(0, "emitted")), force=True)
     assert "items 1/1 | emitted 1" in out.getvalue()
 
 

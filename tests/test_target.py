@@ -70,7 +70,7 @@ def test_a_run_to_a_target_resumes_exactly_once(ray_local, tmp_path, monkeypatch
     run = h.cfg(uri, n=40, shard_size=2, slots=2, in_flight=2, judge_no_share=0.5)
     # Round 1 is 8 scenarios, 4 shards of 2 (16 items, fewer than 16 accepted): the
     # first commit of round 2 fails.
-    h.fail_commits_after(monkeypatch, 4)
+    h.fail_commits_after(monkeypatch, 4, uri)
     with pytest.raises(Exception, match="scripted commit failure"):
         run_generate(run, target_accepted=16)
     monkeypatch.undo()

@@ -11,6 +11,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 from collections import Counter
 from typing import Any, Callable
 
@@ -105,21 +106,40 @@ def marker_count(fs, root: str) -> int:
         return 0
 
 
-def fail_commits_after(monkeypatch: Any, n: int) -> list[str]:
-    """Let ``OutputStore.commit_shard`` commit ``n`` shards, then fail every further commit
-    ("scripted commit failure"). Returns the committed shards' keys, filled as they commit."""
-    from button_ray.sink import OutputStore
+def _faults_dir(uri: str) -> Path:
+    return Path(uri).parent / "commit-faults"
 
-    real_commit, commits = OutputStore.commit_shard, []
 
-    def commit_then_fail(self: OutputStore, plan: Any, *args: Any, **kwargs: Any) -> Any:
-        if len(commits) == n:
-            raise RuntimeError("scripted commit failure")
-        commits.append(plan.key)
-        return real_commit(self, plan, *args, **kwargs)
+def scripted_commit_task(uri: str, storage_options: dict[str, Any], request: Any) -> Any:
+    """The pipeline's commit task, failing once ``limit`` shards have committed (the
+    limit and the committed keys live in files beside the output: the task runs in
+    Ray workers, which the test's monkeypatch does not reach)."""
+    from button_ray.pipeline import _commit_task
 
-    monkeypatch.setattr(OutputStore, "commit_shard", commit_then_fail)
-    return commits
+    faults = _faults_dir(uri)
+    limit = int((faults / "limit").read_text())
+    for slot in range(limit):
+        try:
+            fd = os.open(faults / f"slot-{slot}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            continue
+        os.write(fd, request.plan.key.encode())
+        os.close(fd)
+        return _commit_task(uri, storage_options, request)
+    raise RuntimeError("scripted commit failure")
+
+
+def fail_commits_after(monkeypatch: Any, n: int, uri: str) -> Callable[[], list[str]]:
+    """Let the commit tasks of a local output ``uri`` commit ``n`` shards, then fail every
+    further commit ("scripted commit failure"). Returns a function giving the keys of
+    the shards committed so far."""
+    from button_ray import pipeline
+
+    faults = _faults_dir(uri)
+    faults.mkdir(parents=True, exist_ok=True)
+    (faults / "limit").write_text(str(n))
+    monkeypatch.setattr(pipeline, "_commit_task", scripted_commit_task)
+    return lambda: [p.read_text() for p in faults.glob("slot-*")]
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:

@@ -122,9 +122,9 @@ def test_transient_errors_are_retried_a_bounded_number_of_times(s3_server, monke
     """503s and resets are retried (then the write lands once); a denial is not retried."""
     import errno
 
-    from button_ray import sink
+    from button_ray import storage
 
-    monkeypatch.setattr(sink, "STORAGE_BACKOFF_S", 0.05)
+    monkeypatch.setattr(storage, "STORAGE_BACKOFF_S", 0.05)
     store = OutputStore(s3_server.uri("flaky"), s3_server.storage_options)
     real_pipe = store.fs.pipe_file
     calls = []
@@ -146,7 +146,7 @@ def test_transient_errors_are_retried_a_bounded_number_of_times(s3_server, monke
         OSError(errno.EIO, "503 Service Unavailable")))
     with pytest.raises(OSError, match="503"):
         store.write_json("_commits/y.json", {"key": "y"})
-    assert len(calls) == sink.STORAGE_ATTEMPTS  # bounded
+    assert len(calls) == storage.STORAGE_ATTEMPTS  # bounded
 
     calls.clear()
     monkeypatch.setattr(store.fs, "pipe_file", lambda path, data, **kw: calls.append(path) or (_ for _ in ()).throw(
@@ -175,7 +175,7 @@ def test_cli_reports_an_unreachable_endpoint_in_one_line_before_ray(s3_server, t
 
 
 def test_run_record_keeps_no_secret(s3_server):
-    from button_ray.sink import redact
+    from button_ray.storage import redact
 
     opts = s3_server.storage_options
     red = redact({**opts, "config_kwargs": {"retries": {"max_attempts": 3}}, "token": "t"})

@@ -1,0 +1,95 @@
+"""The stage actors: Ray Data UDFs that run the method's stages over item rows.
+
+Each actor runs many items at once: every Ray Data task carries one small block, the
+actor accepts several concurrent calls, and each item is its own coroutine, so engines
+see a steady stream. The method itself (:mod:`button_ray.bottom_up`,
+:mod:`button_ray.top_down`) never touches Ray; these classes are the only wiring
+between the two. The simulation actor is also the writer: it stores the items it
+finishes as parts (:mod:`button_ray.parts`) and returns only their small outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+
+from button_ray.config import MethodConfig
+from button_ray.errors import LLMUnavailableError
+from button_ray.llm.pool import PoolClient
+from button_ray.llm.replica import Pools
+from button_ray.parts import PartWriter
+from button_ray.records import WorkItem
+from button_ray.storage import Storage
+
+log = logging.getLogger(__name__)
+
+StageFn = Callable[[WorkItem, Any, MethodConfig], Awaitable[WorkItem]]
+
+
+def _stage_fn(name: str) -> StageFn:
+    if name == "bottom_up":
+        from button_ray.bottom_up import build_bundle
+
+        return build_bundle
+    if name == "simulate":
+        from button_ray.top_down import simulate
+
+        return simulate
+    raise ValueError(f"unknown stage {name!r}")
+
+
+class ItemStage:
+    """Ray Data UDF: one method stage over rows, every row its own coroutine."""
+
+    def __init__(self, stage: str, method: MethodConfig, pools: Pools, affinity: bool = True) -> None:
+        self.stage = stage
+        self.fn = _stage_fn(stage)
+        self.method = method
+        self.llm = PoolClient(pools, client_index=os.getpid(), affinity=affinity)
+
+    async def _run(self, raw: str) -> WorkItem:
+        item = WorkItem.model_validate_json(raw)
+        if item.outcome != "pending":
+            return item
+        try:
+            return await self.fn(item, self.llm, self.method)
+        except (asyncio.CancelledError, LLMUnavailableError):
+            # Not the record's fault: committing it as "failed" would lose it for good.
+            # The job stops instead; uncommitted shards are redone on resume.
+            raise
+        except Exception as exc:  # noqa: BLE001 - any other error fails this item, never the job
+            log.exception("item %s failed in %s", item.item_id, self.stage)
+            return item.fail(f"{type(exc).__name__}: {exc}")
+
+    async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        items = await asyncio.gather(*(self._run(raw) for raw in batch["item"]))
+        return {"item": [i.model_dump_json() for i in items], "shard": list(batch["shard"])}
+
+
+class BottomUpStage(ItemStage):
+    """The bottom-up stage; its own class so its actors are named after it in Ray's tools."""
+
+
+class SimulationStage(ItemStage):
+    """The simulation stage and the writer: finished items become parts in the output
+    (before the call returns, so every reported outcome is durable); the call returns
+    one small outcome row per item."""
+
+    def __init__(self, stage: str, method: MethodConfig, pools: Pools, affinity: bool = True, *,
+                 output_uri: str, storage_options: dict[str, Any], lineage: dict[str, Any]) -> None:
+        super().__init__(stage, method, pools, affinity)
+        self.writer = PartWriter(Storage(output_uri, storage_options), lineage)
+
+    async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        items = await asyncio.gather(*(self._run(raw) for raw in batch["item"]))
+        # Storage calls block: in a thread, the actor's other items keep running.
+        outcomes = await asyncio.to_thread(self.writer.write, zip((str(s) for s in batch["shard"]), items))
+        return {"outcome": [json.dumps(o, ensure_ascii=False) for o in outcomes]}
+
+
+STAGE_CLASSES = {"bottom_up": BottomUpStage, "simulate": SimulationStage}
