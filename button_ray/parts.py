@@ -79,7 +79,10 @@ class PartWriter:
                 {_OUTCOMES_KEY: json.dumps(stored, ensure_ascii=False)})
             buf = io.BytesIO()
             pq.write_table(table, buf, compression="zstd")
-            self.store.write_file(rel, buf.getvalue())
+            try:
+                self.store.write_file(rel, buf.getvalue())
+            except Exception as exc:
+                raise self.store.storage_error(exc, f"could not store the finished items of shard {shard}") from exc
             outcomes.extend({**o, "part": rel} for o in stored)
         return outcomes
 

@@ -26,7 +26,7 @@ from button_ray import compat
 from button_ray import summary as summ
 from button_ray.card import write_card
 from button_ray.config import ITEM_SOURCE_CPUS, RunConfig
-from button_ray.errors import TargetError
+from button_ray.errors import ButtonRayError, TargetError
 from button_ray.ledger import CommitRequest, ShardLedger
 from button_ray.llm.replica import Pools, start_pools, stop_pools
 from button_ray.near_dup import index_for
@@ -37,6 +37,7 @@ from button_ray.records import stable_id
 from button_ray.sink import OutputStore, ShardPlan, covered_scenarios, plan_shards
 from button_ray.source import ItemSource, SourceGate, shard_rows, source_window
 from button_ray.stages import STAGE_CLASSES
+from button_ray.storage import for_workers
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,11 @@ class Commits:
         self.manifest_interval_s = manifest_interval_s
         self._manifest_at = time.monotonic()
         self._task = ray.remote(_commit_task).options(num_cpus=ITEM_SOURCE_CPUS, max_retries=3)
+        self._options = for_workers(store.uri, store.storage_options)
         self.running: dict[Any, str] = {}
 
     def submit(self, request: CommitRequest) -> None:
-        ref = self._task.remote(self.store.uri, self.store.storage_options, request)
+        ref = self._task.remote(self.store.uri, self._options, request)
         self.running[ref] = request.plan.key
 
     def harvest(self, wait: bool = False) -> None:
@@ -135,7 +137,9 @@ class Commits:
                 try:
                     self.ledger.committed(ray.get(ref))
                 except ray.exceptions.RayTaskError as exc:
-                    raise exc.cause from None
+                    if isinstance(exc.cause, ButtonRayError):
+                        raise exc.cause from None
+                    raise
         if time.monotonic() - self._manifest_at > self.manifest_interval_s:
             self.write_manifest()
 
@@ -308,6 +312,17 @@ def _run_rounds(cfg: RunConfig, pre: Preflight, plans: list[ShardPlan], next_rou
         stop_pools(pools)
 
 
+def _unwrapped(batches: Any) -> Any:
+    """``batches``, with a stage's own error (one of ours) re-raised as itself, so the CLI
+    prints its one sentence instead of a remote traceback."""
+    try:
+        yield from batches
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, ButtonRayError):
+            raise exc.cause from None
+        raise
+
+
 def _stream(cfg: RunConfig, pools: Pools, source: ItemSource, lineage: dict[str, Any], ledger: ShardLedger,
             commits: Commits, progress: summ.Progress) -> dict[str, int]:
     """Run the stream: outcomes into ``ledger``, complete shards to ``commits``; return
@@ -321,6 +336,9 @@ def _stream(cfg: RunConfig, pools: Pools, source: ItemSource, lineage: dict[str,
     # Ray Data polls each task's memory from a thread it starts per task: with a task
     # per item per stage that was ~12% of a stage actor's CPU (bench_overhead).
     ctx.memory_usage_poll_interval_s = None
+    # A stage's own error (storage gone, no engine answering) reaches the driver as itself,
+    # not as Ray Data's generic UserCodeException.
+    ctx.raise_original_map_exception = True
     rt = cfg.runtime
     # One small block per Ray Data task: the actor holds many tasks at once, and a
     # slow item only delays the few rows of its own block.
@@ -329,7 +347,8 @@ def _stream(cfg: RunConfig, pools: Pools, source: ItemSource, lineage: dict[str,
     calls_per_actor = -(-rt.items_in_flight_per_actor // rows_per_block)
     window = source_window(rt, source.max_shard_items)
     gate = ray.remote(SourceGate).options(num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(window)
-    writer = {"output_uri": cfg.output.uri, "storage_options": cfg.output.storage_options, "lineage": lineage}
+    options = for_workers(cfg.output.uri, cfg.output.storage_options)
+    writer = {"output_uri": cfg.output.uri, "storage_options": options, "lineage": lineage}
     batches = None
     try:
         ds = source.dataset(rows_per_block, gate, window)
@@ -353,7 +372,7 @@ def _stream(cfg: RunConfig, pools: Pools, source: ItemSource, lineage: dict[str,
         batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
         # Credits go back to the source in small lots (one actor call per lot, not per item).
         lot, arrived = max(1, window // 16), 0
-        for batch in batches:
+        for batch in _unwrapped(batches):
             for raw in batch["outcome"]:
                 outcome = json.loads(raw)
                 new, request = ledger.add(outcome["shard"], outcome)

@@ -146,7 +146,7 @@ class OutputStore(Storage):
             }
             self.write_json(f"_commits/shard-{plan.key}.json", marker)
         except Exception as exc:
-            raise self._storage_error(exc, f"could not commit shard {plan.key}") from exc
+            raise self.storage_error(exc, f"could not commit shard {plan.key}") from exc
         return marker
 
     def write_manifest(self, fingerprint: str, markers: Iterable[dict[str, Any]]) -> None:
@@ -165,7 +165,7 @@ class OutputStore(Storage):
                 "rejected_rows": sum(s["rejected_rows"] for s in shards),
             })
         except Exception as exc:
-            raise self._storage_error(exc, "could not write manifest.json") from exc
+            raise self.storage_error(exc, "could not write manifest.json") from exc
 
     def manifest(self) -> dict[str, Any] | None:
         return self._read_json("manifest.json")

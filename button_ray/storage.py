@@ -132,6 +132,36 @@ def redact(options: Any) -> Any:
             out[k] = "***"
     return out
 
+#: What the driver's environment may hold for S3 (as botocore reads it), by the
+#: storage_options key that carries it to the workers.
+_S3_ENV = (("key", "AWS_ACCESS_KEY_ID"), ("secret", "AWS_SECRET_ACCESS_KEY"), ("token", "AWS_SESSION_TOKEN"))
+
+
+def for_workers(uri: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` plus what the driver's environment adds for ``uri``, for the workers
+    that write parts and commits.
+
+    A driver may get its S3 credentials and endpoint from ``AWS_*`` variables that the
+    cluster's nodes do not have (a driver joining a running cluster); the workers then
+    get them in their arguments, never in a runtime environment the dashboard shows.
+    Nothing is added where the options set it already, or for other protocols.
+    """
+    if not uri.startswith(("s3://", "s3a://")):
+        return options
+    out = dict(options)
+    for key, var in _S3_ENV:
+        if key not in out and os.environ.get(var):
+            out[key] = os.environ[var]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    client = dict(out.get("client_kwargs") or {})
+    if endpoint and "endpoint_url" not in out and "endpoint_url" not in client:
+        out["client_kwargs"] = {**client, "endpoint_url": endpoint}
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region and "region_name" not in (out.get("client_kwargs") or {}):
+        out["client_kwargs"] = {**(out.get("client_kwargs") or {}), "region_name": region}
+    return out
+
+
 def _fs_options(uri: str, options: dict[str, Any]) -> dict[str, Any]:
     opts = dict(options)
     if uri.startswith(("s3://", "s3a://", "gs://", "gcs://")):
@@ -242,7 +272,7 @@ class Storage:
         if paths:
             _retry(lambda: self.fs.rm(paths), f"delete {len(paths)} objects under {self.path(rel)}")
 
-    def _storage_error(self, exc: Exception, what: str) -> Exception:
+    def storage_error(self, exc: Exception, what: str) -> Exception:
         """``exc`` as one sentence that says how to go on, if it is a storage failure."""
         if not (_is_transient(exc) or isinstance(exc, (FileNotFoundError, PermissionError))):
             return exc

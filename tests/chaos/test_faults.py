@@ -25,6 +25,7 @@ from button_ray.button_format import validate_button_record
 from button_ray.config import load_config
 from button_ray.errors import OutputError
 from button_ray.pipeline import run_generate
+from button_ray.parts import durable_outcomes
 from button_ray.sink import OutputStore, read_committed
 from tests.fakes import in_flight, read_traces
 from tests.storage import helpers as h
@@ -160,6 +161,12 @@ def _cli(config_path: str, uri: str, env: dict[str, str], log_path: str) -> subp
         log.close()
 
 
+def _durable_uncommitted(uri: str, options: dict, committed) -> set[str]:
+    """Ids of the items that parts hold for shards not committed."""
+    store = OutputStore(uri, options)
+    return {i for i, o in durable_outcomes(store).items() if o["shard"] not in committed}
+
+
 def test_driver_sigkilled_then_resumed_with_the_same_command(ray_local, s3_server, tmp_path):
     """kill -9 the `button-ray generate` driver after its first commit; the same command
     finishes the run without redoing committed shards."""
@@ -185,13 +192,16 @@ def test_driver_sigkilled_then_resumed_with_the_same_command(ray_local, s3_serve
     markers_before = {m["key"]: m for m in h.assert_markers_complete(fs, root)}
     assert 1 <= len(markers_before) < 3, "the kill came too late to leave work for the resume"
     assert not fs.exists(f"{root}/_SUCCESS")
+    # Items finished before the kill are durable as parts: the resume does not run them.
+    durable = _durable_uncommitted(uri, s3_server.storage_options, markers_before)
 
     second = _cli(config_path, uri, env, log_path)
     assert second.wait(RUN_TIMEOUT_S) == 0, open(log_path).read()[-3000:]
     assert "resuming" in open(log_path).read()
     summary = json.loads(fs.cat_file(f"{root}/summary.json"))
     assert summary["resumed"] is True and summary["items"] == 6
-    assert summary["this_attempt"]["items"] == 6 - 2 * len(markers_before), "committed shards were redone"
+    assert summary["this_attempt"]["items"] == 6 - 2 * len(markers_before) - len(durable), \
+        "committed shards or durable items were redone"
     markers_after = {m["key"]: m for m in h.assert_markers_complete(fs, root)}
     for key, marker in markers_before.items():
         assert markers_after[key]["committed_at"] == marker["committed_at"], "a committed shard was rewritten"
@@ -202,25 +212,16 @@ def test_driver_sigkilled_then_resumed_with_the_same_command(ray_local, s3_serve
 # -- the commit itself -------------------------------------------------------------------
 
 def test_crash_between_data_and_marker_then_resume(ray_local, s3_server, monkeypatch):
-    """The driver dies after a shard's data object is written, before its marker: the
+    """A commit task dies after a shard's data object is written, before its marker: the
     shard is not committed, and the resume overwrites the orphan."""
     run = h.cfg(s3_server.uri("torn-commit"), s3_server.storage_options, n=4, shard_size=2, slots=1)
     fs, root = s3_server.fs(), _root(run.output.uri)
-    real_write_json = OutputStore.write_json
-    crashed: list[str] = []
-
-    def write_json(self, rel, obj):
-        if rel.startswith("_commits/") and not crashed:
-            crashed.append(rel)
-            raise SystemExit("injected crash between the data objects and the commit marker")
-        return real_write_json(self, rel, obj)
-
-    monkeypatch.setattr(OutputStore, "write_json", write_json)
-    with pytest.raises(SystemExit, match="injected crash"):
+    torn = h.tear_first_commit(monkeypatch, run.output.uri)
+    with pytest.raises(RuntimeError, match="injected crash"):
         run_generate(run)
-    monkeypatch.setattr(OutputStore, "write_json", real_write_json)
+    monkeypatch.undo()
 
-    key = crashed[0].split("shard-", 1)[1][: -len(".json")]
+    key = torn.read_text()
     assert fs.exists(f"{root}/data/shard-{key}.parquet"), "the data object was not written before the crash"
     assert not fs.exists(f"{root}/_commits/shard-{key}.json")
     assert key not in OutputStore(run.output.uri, run.output.storage_options).committed()
@@ -229,6 +230,9 @@ def test_crash_between_data_and_marker_then_resume(ray_local, s3_server, monkeyp
 
     result = run_generate(run)
     assert result["resumed"] is True
+    # The torn shard's items were durable as parts: the resume committed them without
+    # running them again.
+    assert result["this_attempt"]["items"] <= 4 - 2
     markers = {m["key"]: m for m in h.assert_markers_complete(fs, root)}
     assert key in markers
     h.assert_exact(run.output.uri, run.output.storage_options, h.expected_ids(run))
@@ -248,16 +252,18 @@ def test_storage_server_stopped_mid_run_then_resume(ray_local, s3_server):
     h.wait_for(lambda: h.marker_count(fs, root) >= 1 or bg.done(), 240, "the first commit")
     assert not bg.done(), "the run ended before the server could be stopped"
     s3_server.stop()
-    with pytest.raises(OutputError, match="could not commit shard .* cannot reach .* same command resumes"):
+    with pytest.raises(OutputError, match="could not (commit|store the finished items of) shard .* cannot reach .* "
+                       "same command resumes"):
         bg.join(RUN_TIMEOUT_S)
     s3_server.start()
 
     fs = s3_server.fs()
     markers_before = h.assert_markers_complete(fs, root)  # no marker without its data
     assert 1 <= len(markers_before) < 3
+    durable = _durable_uncommitted(run.output.uri, opts, {m["key"] for m in markers_before})
     result = run_generate(run)
     assert result["resumed"] is True
-    assert result["this_attempt"]["items"] == 6 - 2 * len(markers_before)
+    assert result["this_attempt"]["items"] == 6 - 2 * len(markers_before) - len(durable)
     h.assert_exact(run.output.uri, run.output.storage_options, h.expected_ids(run))
 
 
@@ -274,7 +280,8 @@ def test_bucket_deleted_mid_run_ends_cleanly_and_a_resume_completes(ray_local, s
     if fs.exists(bucket):
         fs.rmdir(bucket)
     assert not s3_server.fs().exists(bucket)
-    with pytest.raises(OutputError, match=f"could not commit shard .* the bucket '{bucket}' .* does not exist"):
+    with pytest.raises(OutputError, match=f"could not (commit|store the finished items of) shard .* the bucket "
+                       f"'{bucket}' .* does not exist"):
         bg.join(RUN_TIMEOUT_S)
     assert not s3_server.fs().exists(bucket), "the sink re-created the deleted bucket"
 

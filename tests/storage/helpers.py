@@ -7,8 +7,11 @@ id, slot)`` for the first ``n`` scenarios of the input and every slot.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -107,7 +110,16 @@ def marker_count(fs, root: str) -> int:
 
 
 def _faults_dir(uri: str) -> Path:
-    return Path(uri).parent / "commit-faults"
+    """Where the scripted commit faults of the run at ``uri`` keep their state: a local
+    directory both the test and the Ray workers running the commit tasks find."""
+    return Path(tempfile.gettempdir()) / "button-ray-commit-faults" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def _fresh_faults_dir(uri: str) -> Path:
+    faults = _faults_dir(uri)
+    shutil.rmtree(faults, ignore_errors=True)
+    faults.mkdir(parents=True)
+    return faults
 
 
 def scripted_commit_task(uri: str, storage_options: dict[str, Any], request: Any) -> Any:
@@ -135,11 +147,47 @@ def fail_commits_after(monkeypatch: Any, n: int, uri: str) -> Callable[[], list[
     the shards committed so far."""
     from button_ray import pipeline
 
-    faults = _faults_dir(uri)
-    faults.mkdir(parents=True, exist_ok=True)
+    faults = _fresh_faults_dir(uri)
     (faults / "limit").write_text(str(n))
     monkeypatch.setattr(pipeline, "_commit_task", scripted_commit_task)
     return lambda: [p.read_text() for p in faults.glob("slot-*")]
+
+
+def torn_commit_task(uri: str, storage_options: dict[str, Any], request: Any) -> Any:
+    """The pipeline's commit task, crashing once between a shard's data objects and its
+    marker (the first commit only; the shard's key is written beside the output)."""
+    from button_ray.pipeline import _commit_task
+    from button_ray.sink import OutputStore
+
+    faults = _faults_dir(uri)
+    try:
+        fd = os.open(faults / "torn", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return _commit_task(uri, storage_options, request)
+    os.write(fd, request.plan.key.encode())
+    os.close(fd)
+    real = OutputStore.write_json
+
+    def crash_before_marker(self: OutputStore, rel: str, obj: Any) -> None:
+        if rel.startswith("_commits/"):
+            raise RuntimeError("injected crash between the data objects and the commit marker")
+        real(self, rel, obj)
+
+    OutputStore.write_json = crash_before_marker  # this worker process only
+    try:
+        return _commit_task(uri, storage_options, request)
+    finally:
+        OutputStore.write_json = real
+
+
+def tear_first_commit(monkeypatch: Any, uri: str) -> Path:
+    """Make the first commit task of the run at ``uri`` crash between data and marker;
+    returns the file that will name the torn shard."""
+    from button_ray import pipeline
+
+    faults = _fresh_faults_dir(uri)
+    monkeypatch.setattr(pipeline, "_commit_task", torn_commit_task)
+    return faults / "torn"
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
