@@ -3,7 +3,7 @@
 ``tests.fakes:OracleEngine`` answers every request at once with a valid output, behind
 the real replica actor, so everything measured here is our code and Ray's: the item
 source, the Ray Data stages, the per-request actor calls, the (de)serialisation of the
-work items, the sink and its Parquet commits.
+work items, the parts the simulation actors write, the driver's ledger and the commit tasks.
 
 For each size N the real ``button_ray.pipeline.run_generate`` runs in a FRESH process
 (a child of this script, so peak memory is per size) on a fresh private local Ray
@@ -142,22 +142,24 @@ def run_child(n: int, slots: int, shard_size: int, actors: int, in_flight: int, 
             marks["stream_s"] = time.monotonic() - t
             marks["rss_at_stream_end_mib"] = _rss_mib()
 
-    real_add = pipeline.ShardSink.add
+    from button_ray.ledger import ShardLedger
+
+    real_add = ShardLedger.add
 
     timeline: list[tuple[float, int, float]] = []  # (s since stream start, items, driver RSS MiB)
     marks["timeline"] = timeline
 
-    def timed_add(self: Any, shard: str, item: Any) -> None:
+    def timed_add(self: Any, shard: str, outcome: Any) -> Any:
         now_s = time.monotonic()
         marks.setdefault("first_item_at", now_s)
         marks["last_item_at"] = now_s
         marks["items"] = marks.get("items", 0) + 1
         if marks["items"] % max(1, n // 50) == 0:
             timeline.append((round(now_s - marks["stream_started_at"], 1), marks["items"], round(_rss_mib(), 1)))
-        real_add(self, shard, item)
+        return real_add(self, shard, outcome)
 
     pipeline._stream, pipeline.start_pools = timed_stream, timed_start_pools
-    pipeline.ShardSink.add = timed_add
+    ShardLedger.add = timed_add
     store: dict[str, Any] = {}
     stop = threading.Event()
     sampler = threading.Thread(target=_object_store_sampler, args=(stop, store), daemon=True)
@@ -414,8 +416,11 @@ def main() -> None:
                 [(r["n"], k, v["processes"], v["peak_rss_mib"]) for r in results
                  for k, v in sorted(r["workers_by_kind"].items())]))
     print()
-    print(table(["trajectories", "process kind", "CPU s"],
-                [(r["n"], k, v) for r in results for k, v in r["cpu_s_by_kind"].items()]))
+    print(table(["trajectories", "process kind", "CPU s", "ms per trajectory"],
+                [(r["n"], k, v, 1000 * v / r["n"]) for r in results for k, v in r["cpu_s_by_kind"].items()]))
+    for r in results:
+        print(f"{r['n']} trajectories: driver CPU per trajectory: "
+              f"{1000 * r['cpu_s_by_kind'].get('driver', 0.0) / r['n']:.2f} ms")
     path = write_result("bench_overhead", run_config,
                         {"sizes": results, "ratios_largest_over_smallest": ratios, "complete": True}, started)
     print(f"\nwrote {path}")

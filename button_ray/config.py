@@ -571,14 +571,19 @@ class PoolConfig(_Config):
     """A set of identical replicas serving some roles."""
 
     OUTPUTS = frozenset({"roles", "engine", "engine_class", "constraints"})
-    NOT_OUTPUTS = frozenset({"name", "replicas", "num_gpus", "num_cpus", "max_inflight", "request_timeout_s",
-                             "start_timeout_s"})
+    NOT_OUTPUTS = frozenset({"name", "replicas", "num_gpus", "num_cpus", "resources", "max_inflight",
+                             "request_timeout_s", "start_timeout_s"})
 
     name: str = Field("main", pattern=r"^[a-z0-9_\-]+$")
     roles: tuple[Role, ...] = Field(ROLES, description="Roles this pool serves.")
     replicas: int = Field(1, ge=1)
     num_gpus: float = Field(0, ge=0, description="GPUs per replica (= tensor_parallel_size on GPU).")
     num_cpus: float = Field(1, ge=0, description="CPUs reserved per replica actor.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each replica reserves, e.g. {'llm_node': 1} to keep replicas on the "
+        "nodes that declare that resource (`ray start --resources`).",
+    )
     max_inflight: int = Field(
         128, ge=1, description="Admission bound: requests in flight per replica (queue full, not unbounded)."
     )
@@ -631,7 +636,8 @@ class RuntimeConfig(_Config):
     """How the work is spread over Ray; changes speed, never outputs."""
 
     NOT_OUTPUTS = frozenset({"bottom_up_actors", "simulation_actors", "items_in_flight_per_actor", "batch_size",
-                             "actor_num_cpus", "affinity_routing", "progress_interval_s", "ray_address"})
+                             "actor_num_cpus", "actor_resources", "affinity_routing", "progress_interval_s",
+                             "ray_address"})
 
     bottom_up_actors: int = Field(1, ge=1)
     simulation_actors: int = Field(1, ge=1)
@@ -643,6 +649,11 @@ class RuntimeConfig(_Config):
     )
     actor_num_cpus: float = Field(
         0.25, gt=0, description="CPUs reserved per pipeline actor (they mostly await the engines)."
+    )
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each pipeline actor reserves, e.g. {'pipeline_node': 1} to keep the "
+        "stage actors on the nodes that declare that resource.",
     )
     affinity_routing: bool = Field(
         True, description="Keep a trajectory's requests on one replica (prefix cache); else least-loaded."

@@ -247,6 +247,23 @@ def run_generate(cfg: RunConfig, limit: int | None = None, target_accepted: int 
     return result
 
 
+def _replica_metrics(pools: Pools, timeout_s: float = 10.0) -> dict[str, list[dict[str, Any]]]:
+    """Each replica's metrics by pool; a replica that cannot answer (its node is gone and
+    no other node can hold its restart) is reported as unavailable, not waited for."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, (_, handles) in pools.items():
+        refs = [h.metrics.remote() for h in handles]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        metrics = []
+        for ref in refs:
+            try:
+                metrics.append(ray.get(ref) if ref in ready else {"unavailable": True})
+            except ray.exceptions.RayError as exc:
+                metrics.append({"unavailable": True, "error": type(exc).__name__})
+        out[name] = metrics
+    return out
+
+
 def _take_durable(plans: list[ShardPlan], fingerprint: str, slots: int, durable: dict[str, Outcome],
                   ledger: ShardLedger, commits: Commits) -> dict[str, list[str]]:
     """Give the ledger the items of ``plans`` that parts hold already (a resume); their
@@ -302,8 +319,7 @@ def _run_rounds(cfg: RunConfig, pre: Preflight, plans: list[ShardPlan], next_rou
             commits.harvest(wait=True)
             plans = [] if ledger.reached else next_round()
         progress.maybe_print(force=True)
-        return {"replicas": {name: ray.get([h.metrics.remote() for h in handles])
-                             for name, (_, handles) in pools.items()},
+        return {"replicas": _replica_metrics(pools),
                 "engine_start_s": engines_up - begun, "stream_time_s": time.monotonic() - engines_up,
                 "rounds": rounds}
     finally:
@@ -368,6 +384,7 @@ def _stream(cfg: RunConfig, pools: Pools, source: ItemSource, lineage: dict[str,
                     max_tasks_in_flight_per_actor=calls_per_actor,
                 ),
                 num_cpus=rt.actor_num_cpus,
+                resources=dict(rt.actor_resources) or None,
             )
         batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
         # Credits go back to the source in small lots (one actor call per lot, not per item).

@@ -82,9 +82,11 @@ def per_accepted(values: Sequence[float], accepted: Sequence[int]) -> dict[str, 
 def resource_demand(cfg: RunConfig) -> list[tuple[str, dict[str, float], int]]:
     """What a run of ``cfg`` reserves in Ray: (what, resources of one, how many)."""
     rt = cfg.runtime
-    demand = [(f"pool {p.name!r} replica", {"GPU": p.num_gpus, "CPU": p.num_cpus}, p.replicas) for p in cfg.pools]
-    demand += [("bottom-up actor", {"CPU": rt.actor_num_cpus}, rt.bottom_up_actors),
-               ("simulation actor", {"CPU": rt.actor_num_cpus}, rt.simulation_actors),
+    demand = [(f"pool {p.name!r} replica", {"GPU": p.num_gpus, "CPU": p.num_cpus, **p.resources}, p.replicas)
+              for p in cfg.pools]
+    stage = {"CPU": rt.actor_num_cpus, **rt.actor_resources}
+    demand += [("bottom-up actor", stage, rt.bottom_up_actors),
+               ("simulation actor", stage, rt.simulation_actors),
                ("item source task", {"CPU": ITEM_SOURCE_CPUS}, 1)]
     return [(what, {k: v for k, v in res.items() if v}, n) for what, res, n in demand]
 

@@ -6,6 +6,8 @@ Layout under the output URI (local path or any fsspec URI)::
     data/shard-<key>.parquet   accepted trajectories of one shard
     rejected/shard-<key>.parquet   rejected and failed items of the shard
     _commits/shard-<key>.json  commit marker, written only after both files are complete
+    _parts/<key>/*.parquet     finished items of uncommitted shards (button_ray.parts);
+                               never read by readers, deleted once committed
     manifest.json              committed shards and row counts (what readers read)
     summary.json               the funnel over every committed shard
     _SUCCESS                   every requested input has an outcome (removed when a

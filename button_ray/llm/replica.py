@@ -124,6 +124,7 @@ def start_replicas(pool: PoolConfig, name_prefix: str | None = None) -> list[Any
         options: dict[str, Any] = {
             "num_cpus": pool.num_cpus,
             "num_gpus": pool.num_gpus,
+            "resources": dict(pool.resources),
             "max_concurrency": pool.max_inflight,
             # Replace a dead replica; callers retry its in-flight requests elsewhere.
             "max_restarts": -1,
@@ -197,7 +198,7 @@ def _wait_ready(pool: PoolConfig, handles: list[Any]) -> dict[str, Any]:
 
 
 def _resources(pool: PoolConfig) -> dict[str, float]:
-    return {k: v for k, v in (("CPU", pool.num_cpus), ("GPU", pool.num_gpus)) if v}
+    return {**{k: v for k, v in (("CPU", pool.num_cpus), ("GPU", pool.num_gpus)) if v}, **pool.resources}
 
 
 def _fmt(resources: dict[str, float]) -> str:

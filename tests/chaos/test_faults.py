@@ -25,7 +25,6 @@ from button_ray.button_format import validate_button_record
 from button_ray.config import load_config
 from button_ray.errors import OutputError
 from button_ray.pipeline import run_generate
-from button_ray.parts import durable_outcomes
 from button_ray.sink import OutputStore, read_committed
 from tests.fakes import in_flight, read_traces
 from tests.storage import helpers as h
@@ -161,12 +160,6 @@ def _cli(config_path: str, uri: str, env: dict[str, str], log_path: str) -> subp
         log.close()
 
 
-def _durable_uncommitted(uri: str, options: dict, committed) -> set[str]:
-    """Ids of the items that parts hold for shards not committed."""
-    store = OutputStore(uri, options)
-    return {i for i, o in durable_outcomes(store).items() if o["shard"] not in committed}
-
-
 def test_driver_sigkilled_then_resumed_with_the_same_command(ray_local, s3_server, tmp_path):
     """kill -9 the `button-ray generate` driver after its first commit; the same command
     finishes the run without redoing committed shards."""
@@ -193,7 +186,7 @@ def test_driver_sigkilled_then_resumed_with_the_same_command(ray_local, s3_serve
     assert 1 <= len(markers_before) < 3, "the kill came too late to leave work for the resume"
     assert not fs.exists(f"{root}/_SUCCESS")
     # Items finished before the kill are durable as parts: the resume does not run them.
-    durable = _durable_uncommitted(uri, s3_server.storage_options, markers_before)
+    durable = h.durable_uncommitted(uri, s3_server.storage_options, markers_before)
 
     second = _cli(config_path, uri, env, log_path)
     assert second.wait(RUN_TIMEOUT_S) == 0, open(log_path).read()[-3000:]
@@ -260,7 +253,7 @@ def test_storage_server_stopped_mid_run_then_resume(ray_local, s3_server):
     fs = s3_server.fs()
     markers_before = h.assert_markers_complete(fs, root)  # no marker without its data
     assert 1 <= len(markers_before) < 3
-    durable = _durable_uncommitted(run.output.uri, opts, {m["key"] for m in markers_before})
+    durable = h.durable_uncommitted(run.output.uri, opts, {m["key"] for m in markers_before})
     result = run_generate(run)
     assert result["resumed"] is True
     assert result["this_attempt"]["items"] == 6 - 2 * len(markers_before) - len(durable)

@@ -190,6 +190,15 @@ def tear_first_commit(monkeypatch: Any, uri: str) -> Path:
     return faults / "torn"
 
 
+def durable_uncommitted(uri: str, options: dict[str, Any], committed: Any) -> set[str]:
+    """Ids of the items that parts hold for shards not in ``committed`` (what a resume
+    commits without running them)."""
+    from button_ray.parts import durable_outcomes
+    from button_ray.sink import OutputStore
+
+    return {i for i, o in durable_outcomes(OutputStore(uri, options)).items() if o["shard"] not in committed}
+
+
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
