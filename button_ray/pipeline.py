@@ -25,16 +25,17 @@ import ray
 from button_ray import compat
 from button_ray import summary as summ
 from button_ray.card import write_card
-from button_ray.config import ITEM_SOURCE_CPUS, RunConfig
+from button_ray.config import RunConfig
 from button_ray.errors import ButtonRayError, TargetError
-from button_ray.ledger import CommitRequest, ShardLedger
+from button_ray.commits import Commits
+from button_ray.ledger import ShardLedger
 from button_ray.llm.replica import Pools, start_pools, stop_pools
 from button_ray.near_dup import index_for
-from button_ray.parts import PARTS_DIR, Outcome, commit_from_parts, durable_outcomes
+from button_ray.parts import PARTS_DIR, Outcome, durable_outcomes
 from button_ray.plan import expected_shortfall, pool_shortfall, round_scenarios
 from button_ray.preflight import Preflight, preflight, recorded_config
 from button_ray.records import stable_id
-from button_ray.sink import OutputStore, ShardPlan, covered_scenarios, plan_shards
+from button_ray.sink import ShardPlan, covered_scenarios, plan_shards
 from button_ray.source import ItemSource, SourceGate, shard_rows, source_window
 from button_ray.stages import STAGE_CLASSES
 from button_ray.storage import for_workers
@@ -97,55 +98,6 @@ def _target_outcome(target: int, stats: dict[str, Any], pool: list[str], covered
     return {"accepted": target, "committed_accepted": stats["emitted"], "reached": reached, "rounds": rounds,
             "stopped": stopped}
 
-
-
-def _commit_task(uri: str, storage_options: dict[str, Any], request: CommitRequest) -> dict[str, Any]:
-    """Ray task: commit one shard from its parts (the driver only submits it)."""
-    return commit_from_parts(OutputStore(uri, storage_options), request.plan, request.chosen,
-                             request.duplicates, request.stats)
-
-
-class Commits:
-    """Commit tasks in flight; each marker goes to the ledger as its task finishes, and
-    the manifest is rewritten every ``manifest_interval_s``."""
-
-    def __init__(self, store: OutputStore, fingerprint: str, ledger: ShardLedger,
-                 manifest_interval_s: float = 30.0) -> None:
-        self.store = store
-        self.fingerprint = fingerprint
-        self.ledger = ledger
-        self.manifest_interval_s = manifest_interval_s
-        self._manifest_at = time.monotonic()
-        self._task = ray.remote(_commit_task).options(num_cpus=ITEM_SOURCE_CPUS, max_retries=3)
-        self._options = for_workers(store.uri, store.storage_options)
-        self.running: dict[Any, str] = {}
-
-    def submit(self, request: CommitRequest) -> None:
-        ref = self._task.remote(self.store.uri, self._options, request)
-        self.running[ref] = request.plan.key
-
-    def harvest(self, wait: bool = False) -> None:
-        """Take the markers of the finished commits (all of them with ``wait``); a failed
-        commit raises its own error (e.g. OutputError: storage gone)."""
-        while self.running:
-            done, _ = ray.wait(list(self.running), num_returns=len(self.running) if wait else 1,
-                               timeout=None if wait else 0)
-            if not done:
-                break
-            for ref in done:
-                self.running.pop(ref)
-                try:
-                    self.ledger.committed(ray.get(ref))
-                except ray.exceptions.RayTaskError as exc:
-                    if isinstance(exc.cause, ButtonRayError):
-                        raise exc.cause from None
-                    raise
-        if time.monotonic() - self._manifest_at > self.manifest_interval_s:
-            self.write_manifest()
-
-    def write_manifest(self) -> None:
-        self.store.write_manifest(self.fingerprint, self.ledger.markers.values())
-        self._manifest_at = time.monotonic()
 
 
 def run_generate(cfg: RunConfig, limit: int | None = None, target_accepted: int | None = None) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def scripted_commit_task(uri: str, storage_options: dict[str, Any], request: Any
     """The pipeline's commit task, failing once ``limit`` shards have committed (the
     limit and the committed keys live in files beside the output: the task runs in
     Ray workers, which the test's monkeypatch does not reach)."""
-    from button_ray.pipeline import _commit_task
+    from button_ray.commits import commit_task
 
     faults = _faults_dir(uri)
     limit = int((faults / "limit").read_text())
@@ -137,7 +137,7 @@ def scripted_commit_task(uri: str, storage_options: dict[str, Any], request: Any
             continue
         os.write(fd, request.plan.key.encode())
         os.close(fd)
-        return _commit_task(uri, storage_options, request)
+        return commit_task(uri, storage_options, request)
     raise RuntimeError("scripted commit failure")
 
 
@@ -145,25 +145,25 @@ def fail_commits_after(monkeypatch: Any, n: int, uri: str) -> Callable[[], list[
     """Let the commit tasks of a local output ``uri`` commit ``n`` shards, then fail every
     further commit ("scripted commit failure"). Returns a function giving the keys of
     the shards committed so far."""
-    from button_ray import pipeline
+    from button_ray import commits
 
     faults = _fresh_faults_dir(uri)
     (faults / "limit").write_text(str(n))
-    monkeypatch.setattr(pipeline, "_commit_task", scripted_commit_task)
+    monkeypatch.setattr(commits, "commit_task", scripted_commit_task)
     return lambda: [p.read_text() for p in faults.glob("slot-*")]
 
 
 def torn_commit_task(uri: str, storage_options: dict[str, Any], request: Any) -> Any:
     """The pipeline's commit task, crashing once between a shard's data objects and its
     marker (the first commit only; the shard's key is written beside the output)."""
-    from button_ray.pipeline import _commit_task
+    from button_ray.commits import commit_task
     from button_ray.sink import OutputStore
 
     faults = _faults_dir(uri)
     try:
         fd = os.open(faults / "torn", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        return _commit_task(uri, storage_options, request)
+        return commit_task(uri, storage_options, request)
     os.write(fd, request.plan.key.encode())
     os.close(fd)
     real = OutputStore.write_json
@@ -175,7 +175,7 @@ def torn_commit_task(uri: str, storage_options: dict[str, Any], request: Any) ->
 
     OutputStore.write_json = crash_before_marker  # this worker process only
     try:
-        return _commit_task(uri, storage_options, request)
+        return commit_task(uri, storage_options, request)
     finally:
         OutputStore.write_json = real
 
@@ -183,10 +183,10 @@ def torn_commit_task(uri: str, storage_options: dict[str, Any], request: Any) ->
 def tear_first_commit(monkeypatch: Any, uri: str) -> Path:
     """Make the first commit task of the run at ``uri`` crash between data and marker;
     returns the file that will name the torn shard."""
-    from button_ray import pipeline
+    from button_ray import commits
 
     faults = _fresh_faults_dir(uri)
-    monkeypatch.setattr(pipeline, "_commit_task", torn_commit_task)
+    monkeypatch.setattr(commits, "commit_task", torn_commit_task)
     return faults / "torn"
 
 
