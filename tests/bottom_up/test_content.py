@@ -1,4 +1,4 @@
-"""The bottom-up content rules (``button_ray/quality.py``): degenerate outputs are redrawn,
+"""The bottom-up content rules (``button_ray/quality/``): degenerate outputs are redrawn,
 then rejected; an off-topic atomic task and near-identical sub-tasks are caught before
 any simulation is paid for."""
 

@@ -1,4 +1,4 @@
-"""The content rules of the trajectory filter (``button_ray/quality.py``) on crafted dialogues:
+"""The content rules of the trajectory filter (``button_ray/quality/``) on crafted dialogues:
 each rule fires on a bad dialogue and keeps good ones, paraphrased ones included."""
 
 from __future__ import annotations
