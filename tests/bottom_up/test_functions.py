@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from button_ray.bottom_up import functions
+from button_ray.bottom_up import function_names, functions
 from button_ray.bottom_up.common import without_length_bounds
 from button_ray.config import MethodConfig
 from button_ray.errors import ParseError
@@ -145,21 +145,21 @@ async def test_stage_rejects_after_retries(item) -> None:
 
 
 def test_subtask_words_are_general_content_words() -> None:
-    words = functions.subtask_words("Find the delivery status of parcel 4471-882 sent from Berlin on 2 March.")
+    words = function_names.subtask_words("Find the delivery status of parcel 4471-882 sent from Berlin on 2 March.")
     assert words == ["delivery", "status", "parcel", "sent"]  # no verb, stop word, number or name
-    assert functions.subtask_words("Tell which is cheaper.") == ["cheaper"]
-    assert functions.subtask_name_pattern("On 2 May.") is None
+    assert function_names.subtask_words("Tell which is cheaper.") == ["cheaper"]
+    assert function_names.subtask_name_pattern("On 2 May.") is None
     verbs = {"Book a table.": "book", "Convert 10 USD": "convert", "Tell me more.": None, "How many?": None,
              "2. Check it": None, "Don't go": None, "The weather": None}  # fmt: skip
-    assert {t: functions.subtask_verb(t) for t in verbs} == verbs
-    rebooked = functions.name_patterns(["Find a hotel room.", "Book the hotel room."])
+    assert {t: function_names.subtask_verb(t) for t in verbs} == verbs
+    rebooked = function_names.name_patterns(["Find a hotel room.", "Book the hotel room."])
     assert all(p.startswith(v) for p, v in zip(rebooked, ("^find_", "^book_")))  # no shared word, new verb
 
 
 def test_name_patterns_tie_names_to_their_subtask_without_collisions() -> None:
     import re
 
-    first, second, third = functions.name_patterns(COMPOSITION.subtasks)
+    first, second, third = function_names.name_patterns(COMPOSITION.subtasks)
     assert re.fullmatch(first, "find_train_ticket") and re.fullmatch(first, "find_price_train")
     assert not re.fullmatch(first, "get_train_ticket")  # the sub-task's own verb ("Find ...")
     assert not re.fullmatch(first, "find_ticket_train")  # words keep their order: no repeats
@@ -190,7 +190,7 @@ async def test_stage_sends_the_configured_rules(item) -> None:
     spec = llm.requests[0].constraint.spec
     groups_spec = spec["properties"]["functions"]["prefixItems"]
     assert [g["minItems"] for g in groups_spec] == [1, 1, 1]
-    assert groups_spec[1]["items"]["properties"]["name"]["pattern"] == functions.name_patterns(COMPOSITION.subtasks)[1]
+    assert groups_spec[1]["items"]["properties"]["name"]["pattern"] == function_names.name_patterns(COMPOSITION.subtasks)[1]
 
 
 def test_parse_checks_the_parameter_pattern() -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from button_ray.bottom_up import atomic, compose, functions, judge, scenarios
+from button_ray.bottom_up import atomic, compose, function_names, functions, judge, scenarios
 from button_ray.bottom_up.common import output_constraint, text_schema
 from button_ray.bottom_up.json_grammar import schema_to_gbnf
 from button_ray.config import MethodConfig, TightConstraints
@@ -51,7 +51,7 @@ STAGE_SCHEMAS = {
     "sequential": compose.schema("sequential", ATOMIC, 30),
     "parallel_then_sequential": compose.schema("parallel_then_sequential"),
     "judge": judge.schema(),
-    "functions": functions.schema(2, 2, group_name_patterns=functions.name_patterns(SUBTASKS)),
+    "functions": functions.schema(2, 2, group_name_patterns=function_names.name_patterns(SUBTASKS)),
     "scenario": scenarios.schema(10),
 }
 
