@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
@@ -106,7 +106,7 @@ class PoolConfig(_Config):
     """A set of identical replicas serving some roles."""
 
     OUTPUTS = frozenset({"roles", "engine", "engine_class", "constraints"})
-    NOT_OUTPUTS = frozenset({"name", "replicas", "num_gpus", "num_cpus", "resources", "max_inflight",
+    NOT_OUTPUTS = frozenset({"name", "replicas", "num_gpus", "num_cpus", "resources", "placement", "max_inflight",
                              "request_timeout_s", "start_timeout_s"})
 
     name: str = Field("main", pattern=r"^[a-z0-9_\-]+$")
@@ -118,6 +118,22 @@ class PoolConfig(_Config):
         default_factory=dict,
         description="Custom Ray resources each replica reserves, e.g. {'llm_node': 1} to keep replicas on the "
         "nodes that declare that resource (`ray start --resources`).",
+    )
+    placement: Literal["actor", "PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "actor",
+        description="'actor': the replica actor holds all its GPUs on one node and vLLM starts its ranks as "
+        "its own processes. A Ray strategy: each replica gets a placement group of one CPU bundle (the "
+        "replica) and one 1-GPU bundle per engine rank (tensor x pipeline parallel), placed with that "
+        "strategy, and vLLM runs its ranks as Ray workers in those bundles (STRICT_PACK: one node; "
+        "SPREAD / STRICT_SPREAD: across nodes, for pipeline parallelism over several machines).",
+    )
+    placement: Literal["actor", "PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "actor",
+        description="'actor': the replica actor holds all its GPUs on one node and vLLM starts its ranks as "
+        "its own processes. A Ray strategy: each replica gets a placement group of one CPU bundle (the "
+        "replica) and one 1-GPU bundle per engine rank (tensor x pipeline parallel), placed with that "
+        "strategy, and vLLM runs its ranks as Ray workers in those bundles (STRICT_PACK: one node; "
+        "SPREAD / STRICT_SPREAD: across nodes, for pipeline parallelism over several machines).",
     )
     max_inflight: int = Field(
         128, ge=1, description="Admission bound: requests in flight per replica (queue full, not unbounded)."

@@ -40,7 +40,7 @@ class LLMReplica:
     def __init__(self, pool: PoolConfig, index: int) -> None:
         self.pool = pool
         self.index = index
-        self.engine = load_engine_class(pool.engine_class)(pool)
+        self.engine = load_engine_class(pool.engine_class)(engine_pool(pool))
         self._started = False
         self._start_error: BaseException | None = None
         self._start_lock = asyncio.Lock()
@@ -114,6 +114,26 @@ class LLMReplica:
                 "pid": os.getpid(), "index": self.index}
 
 
+def engine_pool(pool: PoolConfig) -> PoolConfig:
+    """``pool`` as its engine sees it: placed in a placement group, vLLM runs its ranks as
+    Ray workers in the group's GPU bundles (the replica's own bundle holds no GPU)."""
+    if pool.placement == "actor" or "distributed_executor_backend" in pool.engine.extra:
+        return pool
+    extra = {**pool.engine.extra, "distributed_executor_backend": "ray"}
+    return pool.model_copy(update={"engine": pool.engine.model_copy(update={"extra": extra})})
+
+
+def placement_bundles(pool: PoolConfig) -> list[dict[str, float]]:
+    """One replica's placement group: its own bundle (CPU and custom resources), then one
+    1-GPU bundle per engine rank."""
+    own = {**({"CPU": pool.num_cpus} if pool.num_cpus else {}), **pool.resources}
+    return [own or {"CPU": 0.01}, *({"GPU": 1.0} for _ in range(int(pool.num_gpus)))]
+
+
+#: Placement groups this driver created, by pool name (removed by :func:`stop_pools`).
+_GROUPS: dict[str, list[Any]] = {}
+
+
 def start_replicas(pool: PoolConfig, name_prefix: str | None = None) -> list[Any]:
     """Create ``pool.replicas`` actors (not yet ready: call ``ready`` on each)."""
     # metrics() answers even when max_inflight requests fill the default group: the
@@ -135,8 +155,23 @@ def start_replicas(pool: PoolConfig, name_prefix: str | None = None) -> list[Any
         }
         if name_prefix:
             options["name"] = f"{name_prefix}-{pool.name}-{i}"
+        if pool.placement != "actor":
+            from ray.util.placement_group import placement_group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            group = placement_group(placement_bundles(pool), strategy=pool.placement)
+            _GROUPS.setdefault(pool.name, []).append(group)
+            # The replica sits in bundle 0; the engine's rank workers it starts are
+            # captured into the group and take the GPU bundles.
+            options.update(num_cpus=0, num_gpus=0, resources={}, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True))
         handles.append(cls.options(**options).remote(pool, i))
     return handles
+
+
+def placement_groups(pool_name: str) -> list[Any]:
+    """The placement groups of a pool's replicas, in replica order ([] with placement 'actor')."""
+    return list(_GROUPS.get(pool_name, ()))
 
 
 Pools = dict[str, tuple[PoolConfig, list[Any]]]
@@ -178,6 +213,14 @@ def stop_pools(pools: Pools) -> None:
             ray.kill(h, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
+    from ray.util.placement_group import remove_placement_group
+
+    for name in pools:
+        for group in _GROUPS.pop(name, ()):
+            try:
+                remove_placement_group(group)
+            except Exception:  # noqa: BLE001 - already gone with its cluster
+                pass
 
 
 def _wait_ready(pool: PoolConfig, handles: list[Any]) -> dict[str, Any]:
@@ -219,6 +262,12 @@ def _not_ready(pool: PoolConfig, handles: list[Any], waiting: list[int]) -> str:
     if loading:
         return (f"{which} did not start {after}: the engine is still loading (model download or load); "
                 f"raise pools[].start_timeout_s, or cache the weights near the nodes")
+    if pool.placement != "actor":
+        free = ray.available_resources()
+        return (f"{which} not placed {after}: its placement group ({_fmt(_resources(pool))} in bundles "
+                f"{placement_bundles(pool)}, strategy {pool.placement}) cannot be placed (free in the whole "
+                f"cluster now: {_fmt({k: free.get(k, 0) for k in ('CPU', 'GPU')})}); add nodes, choose a looser "
+                "placement, or lower replicas")
     demand = _resources(pool)
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if not any(all(n.get(k, 0) >= v for k, v in demand.items()) for n in nodes):

@@ -17,12 +17,15 @@ from ray.cluster_utils import Cluster
 
 from button_ray.config import EngineConfig, PoolConfig
 from button_ray.errors import EngineStartError
-from button_ray.llm.replica import start_pools, stop_pools
+from button_ray.llm.replica import placement_groups, start_pools, stop_pools
 
 
-def _pool(name: str, gpus: int, replicas: int = 1, start_timeout_s: float = 60) -> PoolConfig:
+def _pool(name: str, gpus: int, replicas: int = 1, start_timeout_s: float = 60, placement: str = "actor",
+          pipeline: int = 1) -> PoolConfig:
+    engine = EngineConfig(tensor_parallel_size=gpus // pipeline,
+                          extra={"pipeline_parallel_size": pipeline} if pipeline > 1 else {})
     return PoolConfig(name=name, replicas=replicas, num_gpus=gpus, num_cpus=1, start_timeout_s=start_timeout_s,
-                      engine_class="tests.fakes:OracleEngine", engine=EngineConfig(tensor_parallel_size=gpus))
+                      placement=placement, engine_class="tests.fakes:OracleEngine", engine=engine)
 
 
 CASES = {
@@ -32,6 +35,12 @@ CASES = {
     "infeasible": [_pool("huge", 8, start_timeout_s=5)],
     # Two TP=4 replicas, one 4-GPU node: the second waits for resources that are taken.
     "busy": [_pool("big", 4, replicas=2, start_timeout_s=5)],
+    # A TP=4 replica in a placement group packed on one node: the 4 GPU bundles on gpu4.
+    "pg_pack": [_pool("big", 4, placement="STRICT_PACK")],
+    # Pipeline parallel over two nodes: each GPU bundle on its own node.
+    "pg_spread": [_pool("pp", 2, placement="STRICT_SPREAD", pipeline=2)],
+    # Two GPU bundles packed on one node, but no node has room once the first replica took it.
+    "pg_busy": [_pool("big", 4, replicas=2, placement="STRICT_PACK", start_timeout_s=5)],
 }
 
 
@@ -51,6 +60,11 @@ def main(case: str) -> None:
                 info = ray.get(h.ready.remote())
                 out["placed"][f"{name}/{info['index']}"] = {"node": node_names.get(info["node_id"], "head"),
                                                             "gpu_ids": info["gpu_ids"]}
+            for i, group in enumerate(placement_groups(name)):
+                table = ray.util.placement_group_table(group)
+                out["placed"][f"{name}/{i}"]["bundles"] = [
+                    {"node": node_names.get(table["bundles_to_node_id"][b], "head"), **bundle}
+                    for b, bundle in table["bundles"].items()]
         stop_pools(pools)
     except EngineStartError as exc:
         out["error"] = str(exc)

@@ -48,3 +48,27 @@ def test_a_replica_whose_resources_are_taken_ends_the_job_after_its_start_timeou
     # Either replica may be the one placed first; the other waits.
     assert re.match(r"replica [01] of pool 'big' not placed after 5 s: each replica needs 1 CPU, 4 GPU", out["error"])
     assert "nodes that have that many are busy (free in the whole cluster now: 4 CPU, 1 GPU)" in out["error"]
+
+
+def test_a_tensor_parallel_replica_in_a_packed_placement_group_takes_one_nodes_gpus():
+    out, _ = _run("pg_pack")
+    assert "error" not in out, out
+    bundles = out["placed"]["big/0"]["bundles"]
+    # The replica's own bundle holds no GPU; its 4 rank bundles hold one each, all on gpu4.
+    assert bundles[0].get("GPU", 0) == 0 and out["placed"]["big/0"]["node"] == bundles[0]["node"]
+    assert [(b["node"], b["GPU"]) for b in bundles[1:]] == [("gpu4", 1.0)] * 4
+
+
+def test_a_pipeline_parallel_replica_spreads_its_ranks_over_nodes():
+    out, _ = _run("pg_spread")
+    assert "error" not in out, out
+    bundles = out["placed"]["pp/0"]["bundles"]
+    assert sorted(b["node"] for b in bundles[1:]) == ["gpu1", "gpu4"]
+    assert len({b["node"] for b in bundles}) == 3  # strict spread: every bundle on its own node
+
+
+def test_a_placement_group_that_cannot_be_placed_ends_the_job_naming_it():
+    out, took = _run("pg_busy")
+    assert re.match(r"replica [01] of pool 'big' not placed after 5 s: its placement group .*strategy STRICT_PACK",
+                    out["error"]), out
+    assert took < 300
