@@ -16,7 +16,8 @@
     ├── RecordError            one record's problem: retried, then the record is rejected;
     │   ├── ParseError         never reaches the CLI
     │   └── LLMRequestError
-    └── ReplicaFatalError      a replica's engine is dead: the replica exits, Ray replaces it
+    ├── ReplicaFatalError      a replica's engine is dead: the replica exits, Ray replaces it
+    └── ReplicaNotReadyError   a replica's engine is still (re)loading: the request goes to a ready one
 
 A new error joins the branch whose handling it needs; the CLI catches the branch, not a
 list of classes, so a new :class:`UserError` is a sentence on the terminal, not a
@@ -102,3 +103,8 @@ class LLMRequestError(RecordError):
 
 class ReplicaFatalError(ButtonRayError):
     """The replica's engine is dead; the replica exits so Ray can replace it."""
+
+
+class ReplicaNotReadyError(ButtonRayError):
+    """The replica's engine is still (re)loading and the caller asked not to wait for it:
+    the pool client routes the request to a ready replica. Never reaches the CLI."""
