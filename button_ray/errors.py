@@ -10,8 +10,9 @@
     │   ├── OutputError        the output location
     │   ├── TargetError        a target count the scenario pool cannot give
     │   ├── ClusterFitError    the cluster cannot hold what the config reserves (plan)
-    │   └── EngineStartError   replicas that cannot be placed or cannot start an engine
-    │       └── EmbeddedModelError   the embedded model is not installed or cannot be prepared
+    │   ├── EngineStartError   replicas that cannot be placed or cannot start an engine
+    │   │   └── EmbeddedModelError   the embedded model is not installed or cannot be prepared
+    │   └── ModelFetchError    `fetch-model` cannot download a model into the cache
     ├── LLMUnavailableError    no replica answers; the job stops, the CLI exits 3, a rerun resumes
     ├── RecordError            one record's problem: retried, then the record is rejected;
     │   ├── ParseError         never reaches the CLI
@@ -67,6 +68,11 @@ class EngineStartError(UserError):
 
 class EmbeddedModelError(EngineStartError):
     """The embedded model is not installed or cannot be prepared."""
+
+
+class ModelFetchError(UserError):
+    """A model cannot be downloaded into the Hugging Face cache (hub unreachable, token
+    missing or refused); the message names HF_HOME and HF_TOKEN."""
 
 
 class LLMUnavailableError(ButtonRayError):

@@ -90,6 +90,12 @@ def test_kuberay_manifests_pin_our_ray_turn_auth_on_and_mount_what_vllm_needs(na
             assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
             assert "/cache" in mounts, "no weight cache: every restart downloads the model again"
             assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+            # The node's cache is filled before Ray starts there, with the same secret.
+            (fetch,) = [c for c in pod["initContainers"] if c["name"] == "fetch-model"]
+            assert fetch["command"][:3] == ["button-ray", "fetch-model", "--config"]
+            assert (pathlib.Path("configs") / pathlib.Path(fetch["command"][3]).name).is_file()
+            assert {"name": "cache", "mountPath": "/cache"} in fetch["volumeMounts"]
+            assert fetch["envFrom"] == container["envFrom"]
     if doc["kind"] == "RayJob":
         job = doc["spec"]
         assert "working_dir" not in job.get("runtimeEnvYAML", ""), "code must come from the image"
