@@ -10,6 +10,7 @@ from button_ray.config import EngineConfig, PoolConfig
 from button_ray.llm.contract import ChatMessage, LLMRequest
 from button_ray.llm.pool import PoolClient
 from button_ray.llm.replica import Pools, start_replicas, stop_pools
+from tests.storage.helpers import actor_info
 
 pytestmark = pytest.mark.ray
 
@@ -34,11 +35,8 @@ def _pool(**extra) -> PoolConfig:
 
 
 def _restarts(handle) -> int:
-    """How often Ray restarted the actor (from the GCS: the public state API needs the
-    dashboard, which the test cluster runs without)."""
-    from ray._private.state import actors
-
-    return actors(handle._actor_id.hex())["NumRestarts"]
+    """How often Ray restarted the replica actor."""
+    return actor_info(handle._actor_id.hex())["NumRestarts"]
 
 
 def _req(i: int, key: str | None) -> LLMRequest:
