@@ -1,4 +1,4 @@
-"""The `button-ray` command: generate, plan, scenarios, export, card, inspect, filter, validate.
+"""The `button-ray` command: generate, plan, scenarios, export, card, inspect, filter, validate, fetch-model.
 
 Configuration problems are reported before Ray or any engine starts, naming the field.
 """
@@ -160,6 +160,17 @@ def cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_model(args: argparse.Namespace) -> int:
+    from button_ray.model_cache import fetch
+
+    done, skipped = fetch(_load(args))
+    for model, why in skipped.items():
+        print(f"skipped {model}: {why}")
+    for ref, path in done:
+        print(f"cached {ref.repo_id}{'@' + ref.revision if ref.revision else ''} in {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="button-ray", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a BUTTON .jsonl file against the exact format")
     v.add_argument("path")
     v.set_defaults(fn=cmd_validate)
+
+    m = sub.add_parser("fetch-model", help="download the models of the config's pools into the Hugging Face "
+                       "cache (HF_HOME), so that replicas load them from disk")
+    common(m, prompts=False)
+    m.set_defaults(fn=cmd_fetch_model)
     return parser
 
 

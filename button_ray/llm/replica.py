@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import ray
 
 from button_ray.config import PoolConfig
-from button_ray.errors import EngineStartError, ReplicaFatalError
+from button_ray.errors import EngineStartError, ReplicaFatalError, ReplicaNotReadyError
 from button_ray.llm.contract import LLMRequest, LLMResponse
 from button_ray.llm.engine import load_engine_class
 
@@ -42,28 +42,44 @@ class LLMReplica:
         self.index = index
         self.engine = load_engine_class(pool.engine_class)(engine_pool(pool))
         self._started = False
-        self._start_error: BaseException | None = None
-        self._start_lock = asyncio.Lock()
+        self._ready_at = 0.0
+        self._start_task: asyncio.Task | None = None
+        self._exiting = False
         self.served = 0
         self.in_flight = 0
+        #: Requests that waited for the engine to (re)load: the pool client sends none
+        #: that may wait while another replica is ready.
+        self.waited_for_load = 0
 
     async def _ensure_started(self) -> None:
-        if self._started:
-            return
-        async with self._start_lock:
-            if self._start_error is not None:
-                # Requests queued behind a failed start do not start the engine again.
-                raise self._start_error
-            if not self._started:
-                try:
-                    await self.engine.start()
-                except Exception as exc:
-                    self._start_error = exc
-                    raise
-                self._started = True
+        if not self._started:
+            await asyncio.shield(self._begin_start())
+
+    def _begin_start(self) -> asyncio.Task:
+        # One start per process, in a task of its own: a caller cancelled while it waits
+        # does not cancel the load, and callers after a failed start get its error
+        # instead of starting the engine again.
+        if self._start_task is None:
+            self._start_task = asyncio.ensure_future(self._start())
+        return self._start_task
+
+    async def _start(self) -> None:
+        await self.engine.start()
+        self._ready_at = time.monotonic()
+        self._started = True
+
+    def _start_failed(self) -> bool:
+        return self._start_task is not None and self._start_task.done() and not self._started
 
     async def ready(self) -> dict[str, Any]:
-        """Start the engine; return what the driver records in lineage."""
+        """Start the engine; return what the driver records in lineage.
+
+        Also the pool clients' readiness probe: it returns once the engine of this
+        process is loaded, so a client that saw the replica fail learns when it may route
+        to it again, and the probe itself starts the engine of a restarted replica."""
+        if self._exiting:
+            # Between a dead engine and the exit: not ready, the process is going away.
+            raise ReplicaFatalError(f"replica {self.pool.name}/{self.index} is exiting (dead engine)")
         await self._ensure_started()
         ctx = ray.get_runtime_context()
         return {
@@ -79,8 +95,17 @@ class LLMReplica:
     # Ten or more calls per trajectory: their task events (kept by the GCS, sent by
     # every caller) would grow with the run and say nothing the metrics do not.
     @ray.method(enable_task_events=False)
-    async def generate(self, request: LLMRequest) -> LLMResponse:
-        """Serve one request; on a dead engine, answer the error and exit the process."""
+    async def generate(self, request: LLMRequest, wait_for_load: bool = True) -> LLMResponse:
+        """Serve one request; on a dead engine, answer the error and exit the process.
+
+        While the engine is (re)loading, a request that may not wait for it
+        (``wait_for_load=False``: the caller has a ready replica) is refused with
+        :class:`ReplicaNotReadyError`, and the load goes on."""
+        if not self._started and not self._start_failed():
+            if not wait_for_load:
+                self._begin_start()
+                raise ReplicaNotReadyError(f"replica {self.pool.name}/{self.index} is loading its engine")
+            self.waited_for_load += 1
         self.in_flight += 1
         try:
             try:
@@ -90,6 +115,7 @@ class LLMReplica:
             response = await self.engine.generate(request)
         except ReplicaFatalError:
             log.error("replica %s/%d: engine is dead; exiting so Ray replaces it", self.pool.name, self.index)
+            self._exiting = True
             asyncio.get_running_loop().call_later(_EXIT_DELAY_S, os._exit, 1)
             raise
         finally:
@@ -108,9 +134,12 @@ class LLMReplica:
     @ray.method(concurrency_group="control")
     async def metrics(self) -> dict[str, Any]:
         """Engine counters, requests in flight now, whether the engine is still (re)starting
-        (its load time is not a request's), and this process's identity (pid changes on restart)."""
+        and for how long it has been ready (a request's deadline counts from then: the
+        load time is not the request's), and this process's identity (pid changes on restart)."""
         return {**self.engine.metrics(), "served": self.served, "in_flight": self.in_flight,
-                "starting": not self._started and self._start_error is None,
+                "waited_for_load": self.waited_for_load,
+                "starting": not self._started and not self._start_failed(),
+                "ready_for_s": time.monotonic() - self._ready_at if self._started else 0.0,
                 "pid": os.getpid(), "index": self.index}
 
 

@@ -230,7 +230,8 @@ class VLLMEngine:
             )
         except Exception as exc:  # a template may reject a message sequence (e.g. roles)
             raise LLMRequestError(f"chat template rejected the messages: {exc}") from exc
-        # The template already holds the special tokens it wants.
+        # The template already holds the special tokens it wants (Gemma's BOS included:
+        # the embedded Gemma's template starts with it, button_ray/llm/embedded.py).
         return self._tokenizer.encode(text, add_special_tokens=False)
 
     def _sampling_params(self, request: LLMRequest):

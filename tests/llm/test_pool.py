@@ -1,6 +1,8 @@
-"""Router and replica actors on a real local Ray cluster, with a scripted engine."""
+"""Router and replica actors on a real local Ray cluster, with a scripted engine
+(``tests.fakes.EchoEngine``: no language model, scripted latency, load time and faults)."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -8,6 +10,7 @@ from button_ray.config import EngineConfig, PoolConfig
 from button_ray.llm.contract import ChatMessage, LLMRequest
 from button_ray.llm.pool import PoolClient
 from button_ray.llm.replica import Pools, start_replicas, stop_pools
+from tests.storage.helpers import actor_info
 
 pytestmark = pytest.mark.ray
 
@@ -29,6 +32,11 @@ def replicas(ray_local):
 def _pool(**extra) -> PoolConfig:
     return PoolConfig(replicas=2, num_cpus=0.1, engine_class="tests.fakes:EchoEngine",
                       engine=EngineConfig(extra=extra))
+
+
+def _restarts(handle) -> int:
+    """How often Ray restarted the replica actor."""
+    return actor_info(handle._actor_id.hex())["NumRestarts"]
 
 
 def _req(i: int, key: str | None) -> LLMRequest:
@@ -151,10 +159,45 @@ def test_a_replica_reloading_its_engine_keeps_its_requests_past_the_deadline(ray
         return [(await client.generate(_req(i, None))).text for i in range(4)]
 
     assert asyncio.run(main()) == ["r0", "r1", "r2", "r3"]
-    # The fault happened: the engine died, the replica came back in a new process.
+    # The fault happened: the engine died, the replica came back in a new process, and
+    # with no other replica the retried request waited there for the 6 s load.
     assert client.failovers >= 1
-    assert ray_local.get(handles[0].metrics.remote())["pid"] != first["pid"]
+    after = ray_local.get(handles[0].metrics.remote())
+    assert after["pid"] != first["pid"] and _restarts(handles[0]) == 1
+    assert after["waited_for_load"] >= 1
     assert client.timeouts == 0, "the reload was counted against the request's deadline"
+
+
+def test_a_restarted_replica_gets_no_request_until_its_engine_is_ready(ray_local, replicas):
+    """Replica 0 is killed and Ray restarts it; its scripted engine then loads for 6 s.
+    Meanwhile the client sends every request to replica 1 (a request that meets the
+    loading replica first is refused there and moved), and no deadline (2 s) fails; once
+    the readiness probe finds replica 0 loaded, it gets requests again."""
+    pool = PoolConfig(replicas=2, num_cpus=0.1, engine_class="tests.fakes:EchoEngine", request_timeout_s=2.0,
+                      engine=EngineConfig(extra={"latency_s": 0.05, "restart_latency_s": 6.0}))
+    handles = replicas(pool)
+    first = ray_local.get([h.ready.remote() for h in handles])
+    client = PoolClient({"main": (pool, handles)}, affinity=False)
+    ray_local.kill(handles[0], no_restart=False)
+    sent = []
+
+    async def worker():
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 12:  # across the restart and load, and after it
+            i = len(sent)
+            sent.append(i)
+            assert (await client.generate(_req(i, None))).text == f"r{i}"
+
+    async def main():
+        await asyncio.gather(*(worker() for _ in range(4)))
+
+    asyncio.run(main())
+    restarted, other = ray_local.get([h.metrics.remote() for h in handles])
+    assert restarted["pid"] != first[0]["pid"] and _restarts(handles[0]) == 1
+    assert restarted["waited_for_load"] == 0, "a request waited for the restarted replica's engine to load"
+    assert restarted["served"] > 0, "the restarted replica got no request after it was ready"
+    assert restarted["served"] + other["served"] == len(sent)
+    assert client.timeouts == 0
 
 
 def test_stopping_a_pool_shuts_each_engine_down_before_the_kill(ray_local, tmp_path):

