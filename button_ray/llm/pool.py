@@ -15,7 +15,10 @@ counts that replica as not ready and routes nothing to it while another replica 
 ready: a restarted replica loads its engine first (minutes for a large model), and a
 request sent there would wait for the whole load. A readiness probe (the replica's
 ``ready``, which also starts the engine of a restarted replica) tells the client when
-to route there again.
+to route there again. A new client first asks every replica (a control call, answered at
+once) and counts one that does not answer within a few seconds as not ready: a client
+made after a node was lost (a restarted stage actor) must not send requests to a
+replica whose restart no node can hold.
 
 Deadlines tell a hung engine from a busy one, and count from when the replica's engine
 became ready (a load is not the request's time): past ``request_timeout_s`` a request is
@@ -47,6 +50,8 @@ from button_ray.llm.contract import LLMRequest, LLMResponse
 log = logging.getLogger(__name__)
 
 _AFFINITY_CAPACITY = 100_000
+#: How long a new client waits for each replica's first answer before routing to it.
+_FIRST_CHECK_S = 5.0
 #: Past the deadline, how long a replica gets to show progress (complete any request).
 _PROGRESS_WINDOW_S = 60.0
 #: First and longest pause between readiness probes of a replica that did not answer one
@@ -54,13 +59,29 @@ _PROGRESS_WINDOW_S = 60.0
 _PROBE_BACKOFF_S = (0.5, 10.0)
 
 
+def answering(handles: list[Any], timeout_s: float = _FIRST_CHECK_S) -> list[bool]:
+    """Whether each replica answers its metrics (a control call, never queued behind
+    requests) within ``timeout_s`` with its engine up."""
+    refs = [h.metrics.remote() for h in handles]
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    out = []
+    for ref in refs:
+        try:
+            out.append(ref in done and not ray.get(ref)["starting"])
+        except Exception:  # noqa: BLE001 - dead, or restarting on a node that is gone
+            out.append(False)
+    return out
+
+
 class _Pool:
     def __init__(self, config: PoolConfig, handles: list[Any], rotation: int) -> None:
         self.config = config
         self.handles = handles
         self.outstanding = [0] * len(handles)
-        # Every replica is ready when a client is made (start_pools waited for each one).
-        self.ready = [True] * len(handles)
+        # start_pools waited for every replica, but a client made later (a stage actor
+        # Ray restarted after a node was lost) may find one that never comes back: a
+        # request sent there would wait out its whole deadline.
+        self.ready = answering(handles)
         self._probes: dict[int, asyncio.Task] = {}
         self.affinity: OrderedDict[str, int] = OrderedDict()
         self._tiebreak = itertools.count(rotation)
