@@ -140,14 +140,6 @@ class PoolConfig(_Config):
         "strategy, and vLLM runs its ranks as Ray workers in those bundles (STRICT_PACK: one node; "
         "SPREAD / STRICT_SPREAD: across nodes, for pipeline parallelism over several machines).",
     )
-    placement: Literal["actor", "PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = Field(
-        "actor",
-        description="'actor': the replica actor holds all its GPUs on one node and vLLM starts its ranks as "
-        "its own processes. A Ray strategy: each replica gets a placement group of one CPU bundle (the "
-        "replica) and one 1-GPU bundle per engine rank (tensor x pipeline parallel), placed with that "
-        "strategy, and vLLM runs its ranks as Ray workers in those bundles (STRICT_PACK: one node; "
-        "SPREAD / STRICT_SPREAD: across nodes, for pipeline parallelism over several machines).",
-    )
     max_inflight: int = Field(
         128, ge=1, description="Admission bound: requests in flight per replica (queue full, not unbounded)."
     )
