@@ -46,6 +46,7 @@ def test_generate_writes_committed_shards_and_exact_format(ray_local, tmp_path):
     accepted, rejected = _all_ids(str(out))
     assert len(accepted) == result["emitted"] and len(rejected) == result["rejected"] + result["failed"]
     assert len(set(accepted + rejected)) == 12, "an item is missing or duplicated"
+    assert not (out / "_parts").exists(), "a complete run leaves its parts behind"
     table = read_committed(str(out), "data")
     for row in table.to_pylist():
         record = {"messages": row["messages"]}

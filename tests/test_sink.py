@@ -149,3 +149,16 @@ def test_the_ledger_counts_a_redelivered_item_once_and_commits_from_parts(tmp_pa
     assert ids == [i.item_id for i in items]  # each once, in plan order
     # The part delivered after the commit stays (nothing reads it; a complete run removes it).
     assert [p.rsplit("/", 2)[-2] for p in store.find(PARTS_DIR)] == [plan.key]
+
+
+def test_a_complete_run_leaves_no_parts(tmp_path):
+    """Parts are staging: once every shard is committed, nothing of them is left, not even
+    the empty directories of a local output."""
+    from button_ray.parts import PARTS_DIR
+
+    store = OutputStore(str(tmp_path / "out"))
+    store.write_file(f"{PARTS_DIR}/k1/data-a.parquet", b"x")
+    (tmp_path / "out" / PARTS_DIR / "k2").mkdir(parents=True)
+    store.remove_tree(PARTS_DIR)
+    assert not (tmp_path / "out" / PARTS_DIR).exists()
+    store.remove_tree(PARTS_DIR)  # nothing there: no error
