@@ -11,7 +11,7 @@ from typing import Any
 import ray
 
 from button_ray.config import ITEM_SOURCE_CPUS
-from button_ray.errors import ButtonRayError
+from button_ray.errors import ours
 from button_ray.ledger import CommitRequest, ShardLedger
 from button_ray.parts import commit_from_parts
 from button_ray.sink import OutputStore
@@ -36,11 +36,12 @@ class Commits:
         self.manifest_interval_s = manifest_interval_s
         self._manifest_at = time.monotonic()
         self._task = ray.remote(commit_task).options(num_cpus=ITEM_SOURCE_CPUS, max_retries=3)
-        self._options = for_workers(store.uri, store.storage_options)
+        #: The storage options the writers and commit tasks get (the driver's S3 settings added).
+        self.worker_options = for_workers(store.uri, store.storage_options)
         self.running: dict[Any, str] = {}
 
     def submit(self, request: CommitRequest) -> None:
-        ref = self._task.remote(self.store.uri, self._options, request)
+        ref = self._task.remote(self.store.uri, self.worker_options, request)
         self.running[ref] = request.plan.key
 
     def harvest(self, wait: bool = False) -> None:
@@ -56,9 +57,7 @@ class Commits:
                 try:
                     self.ledger.committed(ray.get(ref))
                 except ray.exceptions.RayTaskError as exc:
-                    if isinstance(exc.cause, ButtonRayError):
-                        raise exc.cause from None
-                    raise
+                    raise ours(exc) from None
         if time.monotonic() - self._manifest_at > self.manifest_interval_s:
             self.write_manifest()
 

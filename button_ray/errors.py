@@ -114,3 +114,10 @@ class ReplicaFatalError(ButtonRayError):
 class ReplicaNotReadyError(ButtonRayError):
     """The replica's engine is still (re)loading and the caller asked not to wait for it:
     the pool client routes the request to a ready replica. Never reaches the CLI."""
+
+
+def ours(exc: BaseException) -> BaseException:
+    """A Ray task error whose cause is one of ours, as that cause (the CLI prints its one
+    sentence, not a remote traceback); any other error as it is."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, ButtonRayError) else exc

@@ -48,7 +48,18 @@ class ShardLedger:
         self.open: dict[str, dict[str, Outcome]] = {}  # shard -> item id -> outcome
         self.near: dict[str, dict[str, str]] = {}  # shard -> item id -> near-duplicate detail
         self.committing: dict[str, int] = {}  # shard -> accepted trajectories in it
-        self.markers: dict[str, dict[str, Any]] = {}
+        self.markers = {}
+
+    @property
+    def markers(self) -> dict[str, dict[str, Any]]:
+        """Commit markers by shard key (a resume sets the committed ones)."""
+        return self._markers
+
+    @markers.setter
+    def markers(self, markers: dict[str, dict[str, Any]]) -> None:
+        self._markers = dict(markers)
+        # Kept as a count: the driver asks for it after every block (``full``).
+        self._accepted = sum(m["stats"]["emitted"] for m in self._markers.values())
 
     def add_plans(self, plans: list[ShardPlan]) -> None:
         """Expect the items of more shards (a round of the run)."""
@@ -56,7 +67,7 @@ class ShardLedger:
 
     def accepted(self) -> int:
         """Accepted trajectories in the committed shards."""
-        return sum(m["stats"]["emitted"] for m in self.markers.values())
+        return self._accepted
 
     @property
     def full(self) -> bool:
@@ -99,7 +110,9 @@ class ShardLedger:
     def committed(self, marker: dict[str, Any]) -> None:
         """A commit task finished: ``marker`` is the shard's commit marker."""
         self.committing.pop(marker["key"], None)
-        self.markers[marker["key"]] = marker
+        previous = self._markers.get(marker["key"])
+        self._accepted += marker["stats"]["emitted"] - (previous["stats"]["emitted"] if previous else 0)
+        self._markers[marker["key"]] = marker
 
     def index_committed(self, store: OutputStore) -> None:
         """Put the composite tasks of the committed shards into the near-duplicate index

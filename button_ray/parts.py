@@ -144,7 +144,7 @@ def commit_from_parts(store: OutputStore, plan: ShardPlan, chosen: dict[str, Out
     spent: list[str] = []
     for rel, ids in by_part.items():
         part = pq.read_table(io.BytesIO(store.read_bytes(rel)))
-        kind = "data" if part.schema.equals(ACCEPTED_SCHEMA, check_metadata=False) else "rejected"
+        kind = chosen[ids[0]]["kind"]  # a part holds one kind
         if set(part.column("record_id").to_pylist()) <= chosen.keys():
             spent.append(rel)
         part = part.replace_schema_metadata(None)

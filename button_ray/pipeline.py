@@ -26,9 +26,10 @@ from button_ray import compat
 from button_ray import summary as summ
 from button_ray.card import write_card
 from button_ray.config import RunConfig
-from button_ray.errors import ButtonRayError, TargetError
+from button_ray.errors import TargetError, ours
 from button_ray.commits import Commits
 from button_ray.ledger import ShardLedger
+from button_ray.llm.pool import metrics_within
 from button_ray.llm.replica import Pools, start_pools, stop_pools
 from button_ray.near_dup import index_for
 from button_ray.parts import PARTS_DIR, Outcome, durable_outcomes
@@ -38,7 +39,6 @@ from button_ray.records import stable_id
 from button_ray.sink import ShardPlan, covered_scenarios, plan_shards
 from button_ray.source import ItemSource, SourceGate, shard_rows, source_window
 from button_ray.stages import STAGE_CLASSES
-from button_ray.storage import for_workers
 
 log = logging.getLogger(__name__)
 
@@ -202,18 +202,8 @@ def run_generate(cfg: RunConfig, limit: int | None = None, target_accepted: int 
 def _replica_metrics(pools: Pools, timeout_s: float = 10.0) -> dict[str, list[dict[str, Any]]]:
     """Each replica's metrics by pool; a replica that cannot answer (its node is gone and
     no other node can hold its restart) is reported as unavailable, not waited for."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for name, (_, handles) in pools.items():
-        refs = [h.metrics.remote() for h in handles]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-        metrics = []
-        for ref in refs:
-            try:
-                metrics.append(ray.get(ref) if ref in ready else {"unavailable": True})
-            except ray.exceptions.RayError as exc:
-                metrics.append({"unavailable": True, "error": type(exc).__name__})
-        out[name] = metrics
-    return out
+    return {name: [m if m is not None else {"unavailable": True} for m in metrics_within(handles, timeout_s)]
+            for name, (_, handles) in pools.items()}
 
 
 def _take_durable(plans: list[ShardPlan], fingerprint: str, slots: int, durable: dict[str, Outcome],
@@ -221,6 +211,8 @@ def _take_durable(plans: list[ShardPlan], fingerprint: str, slots: int, durable:
     """Give the ledger the items of ``plans`` that parts hold already (a resume); their
     ids by shard, for the source to skip. A shard whose items all are is committed now."""
     skip: dict[str, list[str]] = {}
+    if not durable:  # a fresh run: no ids to hash
+        return skip
     for plan in plans:
         ids = [stable_id(fingerprint, sid, slot) for sid in plan.scenario_ids for slot in range(slots)]
         for item_id in ids:
@@ -286,9 +278,7 @@ def _unwrapped(batches: Any) -> Any:
     try:
         yield from batches
     except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, ButtonRayError):
-            raise exc.cause from None
-        raise
+        raise ours(exc) from None
 
 
 def _stream(cfg: RunConfig, pools: Pools, source: ItemSource, lineage: dict[str, Any], ledger: ShardLedger,
@@ -315,8 +305,7 @@ def _stream(cfg: RunConfig, pools: Pools, source: ItemSource, lineage: dict[str,
     calls_per_actor = -(-rt.items_in_flight_per_actor // rows_per_block)
     window = source_window(rt, source.max_shard_items)
     gate = ray.remote(SourceGate).options(num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(window)
-    options = for_workers(cfg.output.uri, cfg.output.storage_options)
-    writer = {"output_uri": cfg.output.uri, "storage_options": options, "lineage": lineage}
+    writer = {"output_uri": cfg.output.uri, "storage_options": commits.worker_options, "lineage": lineage}
     batches = None
     try:
         ds = source.dataset(rows_per_block, gate, window)

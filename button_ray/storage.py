@@ -268,12 +268,14 @@ class Storage:
 
     def remove_tree(self, rel: str) -> None:
         """Delete every object under ``rel`` (and, on a file system, its directories)."""
-        paths = self.find(rel)
-        if paths:
-            _retry(lambda: self.fs.rm(paths), f"delete {len(paths)} objects under {self.path(rel)}")
         path = self.path(rel)
-        if not self.object_store and self.fs.exists(path):
-            _retry(lambda: self.fs.rm(path, recursive=True), f"delete {path}")
+        if not self.object_store:
+            if self.fs.exists(path):
+                _retry(lambda: self.fs.rm(path, recursive=True), f"delete {path}")
+            return
+        paths = self.find(rel)  # objects only: an object store has no directory to remove
+        if paths:
+            _retry(lambda: self.fs.rm(paths), f"delete {len(paths)} objects under {path}")
 
     def storage_error(self, exc: Exception, what: str) -> Exception:
         """``exc`` as one sentence that says how to go on, if it is a storage failure."""

@@ -59,18 +59,24 @@ _PROGRESS_WINDOW_S = 60.0
 _PROBE_BACKOFF_S = (0.5, 10.0)
 
 
-def answering(handles: list[Any], timeout_s: float = _FIRST_CHECK_S) -> list[bool]:
-    """Whether each replica answers its metrics (a control call, never queued behind
-    requests) within ``timeout_s`` with its engine up."""
+def metrics_within(handles: list[Any], timeout_s: float) -> list[dict[str, Any] | None]:
+    """Each replica's metrics (a control call, never queued behind requests), or None for
+    one that does not answer within ``timeout_s`` (dead, or restarting on a node that is
+    gone)."""
     refs = [h.metrics.remote() for h in handles]
     done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    out = []
+    out: list[dict[str, Any] | None] = []
     for ref in refs:
         try:
-            out.append(ref in done and not ray.get(ref)["starting"])
-        except Exception:  # noqa: BLE001 - dead, or restarting on a node that is gone
-            out.append(False)
+            out.append(ray.get(ref) if ref in done else None)
+        except Exception:  # noqa: BLE001 - the replica's actor failed
+            out.append(None)
     return out
+
+
+def answering(handles: list[Any], timeout_s: float = _FIRST_CHECK_S) -> list[bool]:
+    """Whether each replica answers its metrics within ``timeout_s`` with its engine up."""
+    return [m is not None and not m["starting"] for m in metrics_within(handles, timeout_s)]
 
 
 class _Pool:
