@@ -24,7 +24,7 @@ import numpy as np
 from benchmarks.common import now, table, write_result
 from button_ray.bottom_up import atomic
 from button_ray.bottom_up.common import normalize
-from button_ray.bottom_up.scenarios import load_embedding_model
+from button_ray.bottom_up.dedup import load_embedding_model
 from button_ray.config import MethodConfig, load_config
 from button_ray.inputs import read_scenarios
 from button_ray.llm.engine import load_engine_class

@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default="plan.json", help="where to write the plan (default: plan.json)")
     pl.set_defaults(fn=cmd_plan)
 
-    s = sub.add_parser("scenarios", help="extract, expand and deduplicate a scenario pool")
+    s = sub.add_parser("scenarios", help="extract, expand and deduplicate a scenario pool (a Ray Data stream "
+                                         "on the config's pools)")
     common(s)
     s.add_argument("--seeds", help="seed conversations (.jsonl: glaive system/chat rows or message lists)")
     s.add_argument("--base", default="default", help="base scenario list (.txt) or 'default'")

@@ -272,7 +272,22 @@ def _run_rounds(cfg: RunConfig, pre: Preflight, plans: list[ShardPlan], next_rou
         stop_pools(pools)
 
 
-def _unwrapped(batches: Any) -> Any:
+def set_data_context() -> None:
+    """Ray Data's settings for our streams (the generate and the scenario jobs)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = False
+    # Ray Data polls each task's memory from a thread it starts per task: with a task
+    # per item per stage that was ~12% of a stage actor's CPU (bench_overhead).
+    ctx.memory_usage_poll_interval_s = None
+    # A stage's own error (storage gone, no engine answering) reaches the driver as itself,
+    # not as Ray Data's generic UserCodeException.
+    ctx.raise_original_map_exception = True
+
+
+def unwrapped(batches: Any) -> Any:
     """``batches``, with a stage's own error (one of ours) re-raised as itself, so the CLI
     prints its one sentence instead of a remote traceback."""
     try:
@@ -285,18 +300,9 @@ def _stream(cfg: RunConfig, pools: Pools, source: ItemSource, lineage: dict[str,
             commits: Commits, progress: summ.Progress) -> dict[str, int]:
     """Run the stream: outcomes into ``ledger``, complete shards to ``commits``; return
     the source gate's counters."""
-    import ray.data
     from ray.data import ActorPoolStrategy
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = False
-    # Ray Data polls each task's memory from a thread it starts per task: with a task
-    # per item per stage that was ~12% of a stage actor's CPU (bench_overhead).
-    ctx.memory_usage_poll_interval_s = None
-    # A stage's own error (storage gone, no engine answering) reaches the driver as itself,
-    # not as Ray Data's generic UserCodeException.
-    ctx.raise_original_map_exception = True
+    set_data_context()
     rt = cfg.runtime
     # One small block per Ray Data task: the actor holds many tasks at once, and a
     # slow item only delays the few rows of its own block.
@@ -330,7 +336,7 @@ def _stream(cfg: RunConfig, pools: Pools, source: ItemSource, lineage: dict[str,
         batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
         # Credits go back to the source in small lots (one actor call per lot, not per item).
         lot, arrived = max(1, window // 16), 0
-        for batch in _unwrapped(batches):
+        for batch in unwrapped(batches):
             for raw in batch["outcome"]:
                 outcome = json.loads(raw)
                 new, request = ledger.add(outcome["shard"], outcome)

@@ -6,6 +6,8 @@ see a steady stream. The method itself (:mod:`button_ray.bottom_up`,
 :mod:`button_ray.top_down`) never touches Ray; these classes are the only wiring
 between the two. The simulation actor is also the writer: it stores the items it
 finishes as parts (:mod:`button_ray.parts`) and returns only their small outcomes.
+:class:`ScenarioStage` is `button-ray scenarios`' stage: one extraction or expansion
+per row.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
-from button_ray.config import MethodConfig
+from button_ray.bottom_up.scenarios import JobOutcome, ScenarioJob, run_scenario_job
+from button_ray.config import MethodConfig, ScenarioConfig
 from button_ray.errors import LLMUnavailableError
 from button_ray.llm.pool import PoolClient
 from button_ray.llm.replica import Pools
@@ -90,6 +93,36 @@ class SimulationStage(ItemStage):
         # Storage calls block: in a thread, the actor's other items keep running.
         outcomes = await asyncio.to_thread(self.writer.write, zip((str(s) for s in batch["shard"]), items))
         return {"outcome": [json.dumps(o, ensure_ascii=False) for o in outcomes]}
+
+
+class ScenarioStage:
+    """Ray Data UDF of the scenario pool job: one extraction or expansion per row
+    (:func:`button_ray.bottom_up.scenarios.run_scenario_job`), every row its own coroutine.
+
+    Rows carry ``pos`` (the job's place in its round) and the job's JSON; the output rows
+    ``pos`` and the outcome's JSON, so the driver can put the round back in order.
+    """
+
+    def __init__(self, method: MethodConfig, scenarios: ScenarioConfig, pools: Pools) -> None:
+        self.method = method
+        self.scenarios = scenarios
+        self.llm = PoolClient(pools, client_index=os.getpid())
+
+    async def _run(self, raw: str) -> str:
+        job = ScenarioJob.model_validate_json(raw)
+        try:
+            outcome = await run_scenario_job(job, self.llm, self.method, self.scenarios)
+        except (asyncio.CancelledError, LLMUnavailableError):
+            # Not the row's fault: the job stops, as the generate job does.
+            raise
+        except Exception as exc:  # noqa: BLE001 - any other error drops this row, never the job
+            log.exception("%s %d failed", job.role, job.index)
+            outcome = JobOutcome(reason=f"failed:{type(exc).__name__}")
+        return outcome.model_dump_json()
+
+    async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        outcomes = await asyncio.gather(*(self._run(str(raw)) for raw in batch["job"]))
+        return {"pos": list(batch["pos"]), "outcome": outcomes}
 
 
 STAGE_CLASSES = {"bottom_up": BottomUpStage, "simulate": SimulationStage}

