@@ -23,13 +23,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import fsspec
+import ray
 
 from button_ray import summary as summ
 from button_ray.bottom_up.dedup import Deduplicator, Encoder
-from button_ray.bottom_up.scenarios import JobOutcome, JobRunner, ScenarioJob
+from button_ray.bottom_up.scenarios import (JobOutcome, JobRunner, ScenarioJob, build_scenario_pool,
+                                            load_default_scenarios)
 from button_ray.config import MethodConfig, RunConfig
 from button_ray.errors import InputError, OutputError, ours
-from button_ray.llm.replica import Pools
+from button_ray.llm.replica import Pools, start_pools, stop_pools
+from button_ray.pipeline import _engine_activity, init_ray, set_data_context
+from button_ray.stages import ScenarioStage
 
 # Rows per Ray Data block: Ray Data's executor costs the driver a few ms per block, and a
 # scenario row is one short LLM call, so 16 rows per block cost little latency and keep
@@ -84,8 +88,8 @@ class _RemoteDeduplicator:
 
     def add(self, texts: Sequence[str]) -> list[str]:
         """The new texts of ``texts``, in order (:meth:`Deduplicator.add`, in the actor)."""
-        import ray
-
+        # The progress line stands still meanwhile: say why.
+        print(f"[button-ray] scenarios: deduplicating {len(texts)} candidates", flush=True)
         return ray.get(self.actor.add.remote(list(texts)))
 
 
@@ -108,12 +112,8 @@ def _row_stats(role: str, outcome: JobOutcome) -> dict[str, Any]:
 def _stream_round(cfg: RunConfig, method: MethodConfig, pools: Pools, jobs: list[ScenarioJob],
                   progress: summ.Progress, timing: dict[str, float]) -> list[JobOutcome]:
     """Run one round's jobs through the scenario actors; their outcomes in job order."""
-    import ray
     import ray.data
     from ray.data import ActorPoolStrategy
-
-    from button_ray.pipeline import set_data_context
-    from button_ray.stages import ScenarioStage
 
     set_data_context()
     rt = cfg.runtime
@@ -171,12 +171,6 @@ def run_scenario_job(cfg: RunConfig, seeds: str | None, base: str, target: int, 
     :func:`~button_ray.bottom_up.scenarios.build_scenario_pool` gives for the same inputs
     and seeds, whatever the number of actors.
     """
-    import ray
-
-    from button_ray.bottom_up.scenarios import build_scenario_pool, load_default_scenarios
-    from button_ray.llm.replica import start_pools, stop_pools
-    from button_ray.pipeline import _engine_activity, init_ray
-
     # Everything that can be wrong with the inputs, the prompts and the output folder is
     # found before Ray starts.
     method = cfg.resolved_method()
@@ -190,11 +184,13 @@ def run_scenario_job(cfg: RunConfig, seeds: str | None, base: str, target: int, 
     engines_up = time.monotonic()
     progress = summ.Progress(0, rt.progress_interval_s, out=sys.stderr,
                              probe=lambda: _engine_activity(pools, engines_up))
-    progress.start_heartbeat()
     timing = {"stream_s": 0.0}
-    actor = ray.remote(DedupActor).options(num_cpus=rt.actor_num_cpus, resources=dict(rt.actor_resources) or None)
-    dedup = actor.remote(scen.dedup_threshold, scen.embedding_model, encoder)
+    dedup = None
     try:
+        progress.start_heartbeat()
+        actor = ray.remote(DedupActor).options(num_cpus=rt.actor_num_cpus,
+                                               resources=dict(rt.actor_resources) or None)
+        dedup = actor.remote(scen.dedup_threshold, scen.embedding_model, encoder)
         pool, stats = asyncio.run(build_scenario_pool(
             base_texts, conversations, target, None, method, scen,
             deduplicator=_RemoteDeduplicator(dedup), runner=_stream_runner(cfg, method, pools, progress, timing)))
@@ -202,7 +198,9 @@ def run_scenario_job(cfg: RunConfig, seeds: str | None, base: str, target: int, 
         dedup_stats = ray.get(dedup.stats.remote())
     finally:
         progress.stop_heartbeat()
-        ray.kill(dedup)
+        if dedup is not None:
+            ray.kill(dedup)
+        # The engines end with the job, also when it fails.
         stop_pools(pools)
     with fsspec.open(out_path, "w", encoding="utf-8") as f:
         for scenario in pool:

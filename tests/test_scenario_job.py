@@ -78,9 +78,9 @@ def test_a_row_that_never_parses_is_dropped_and_counted(ray_local, tmp_path, cap
 
 
 def test_input_and_output_errors_stop_the_job_before_ray_starts(tmp_path, monkeypatch):
-    import button_ray.pipeline as pipeline
+    import button_ray.scenario_job as scenario_job
 
-    monkeypatch.setattr(pipeline, "init_ray", lambda cfg: pytest.fail("Ray started"))
+    monkeypatch.setattr(scenario_job, "init_ray", lambda cfg: pytest.fail("Ray started"))
     base, seeds = _inputs(tmp_path)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": []}\n{not json\n')
