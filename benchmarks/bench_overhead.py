@@ -363,7 +363,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=64, help="output.shard_size (scenarios per shard)")
     ap.add_argument("--actors", type=int, default=1, help="actors per pipeline stage")
     ap.add_argument("--in-flight", type=int, default=64, help="runtime.items_in_flight_per_actor")
-    ap.add_argument("--batch-size", type=int, default=1, help="runtime.batch_size (rows per Ray Data block, 1-4)")
+    ap.add_argument("--batch-size", type=int, default=1, help="runtime.batch_size (items per Ray Data block, 1-64)")
     ap.add_argument("--profile", help="cProfile the driver's stream into PREFIX.<n>.prof")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)

@@ -1,9 +1,10 @@
 """The driver's ledger: which items of which shard are durable, and when to commit.
 
 The driver never holds a trajectory. It receives one small outcome per finished item
-(:data:`button_ray.parts.Outcome`: its id, the part holding its row, its stats, its
-composite task), counts them per shard, runs the run-wide near-duplicate check on the
-composite tasks (the driver is the one place that sees every item), and once a shard's
+(:data:`button_ray.parts.Outcome`: its id, the part holding its row, its stats, the
+signature of its composite task), counts them per shard, runs the run-wide
+near-duplicate check on those signatures (the driver is the one place that sees every
+item; the writers hash, the driver only looks up), and once a shard's
 items are all durable hands out a :class:`CommitRequest`, which a commit task carries
 out (:func:`button_ray.parts.commit_from_parts`).
 """
@@ -17,7 +18,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from button_ray import summary as summ
-from button_ray.near_dup import NearDuplicateIndex
+from button_ray.near_dup import NearDuplicateIndex, decode_signature
 from button_ray.parts import Outcome
 from button_ray.sink import OutputStore, ShardPlan
 
@@ -92,7 +93,7 @@ class ShardLedger:
         if outcome["id"] in got:
             return False, None
         if outcome["kind"] == "data" and self.duplicates is not None:
-            match = self.duplicates.add(outcome["id"], outcome.get("task") or "")
+            match = self.duplicates.add_signature(outcome["id"], decode_signature(outcome["task_sig"]))
             if match is not None:
                 self.near.setdefault(shard, {})[outcome["id"]] = (
                     f"composite task nearly duplicates record {match.kept_id} "

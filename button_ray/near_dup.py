@@ -16,6 +16,7 @@ a few hundred MiB (``benchmarks/bench_near_dup.py`` measures it).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from typing import NamedTuple
 
@@ -49,8 +50,36 @@ class Match(NamedTuple):
     similarity: float
 
 
+class MinHasher:
+    """MinHash signatures of texts: the same ``num_perm``, ``shingle`` and ``seed`` give the
+    same signatures in every process, so the writers compute them and the driver only
+    looks them up (:meth:`NearDuplicateIndex.add_signature`)."""
+
+    def __init__(self, num_perm: int = 64, shingle: int = 3, seed: int = 0) -> None:
+        self.num_perm, self.shingle = num_perm, shingle
+        rng = np.random.default_rng(seed)
+        self._a = rng.integers(1, int(_PRIME), num_perm, dtype=np.uint64)
+        self._b = rng.integers(0, int(_PRIME), num_perm, dtype=np.uint64)
+
+    def signature(self, text: str) -> np.ndarray:
+        """The MinHash signature of ``text`` (``num_perm`` values below 2**32)."""
+        hashes = _shingle_hashes(text, self.shingle)
+        # (a*x + b) mod p over every permutation and shingle: a, x < 2**32, so a*x fits in 64 bits.
+        values = (np.outer(self._a, hashes) + self._b[:, None]) % _PRIME
+        return values.min(axis=1)
+
+    def encoded(self, text: str) -> str:
+        """:meth:`signature` as short text (base64 of 32-bit values), for an outcome record."""
+        return base64.b64encode(self.signature(text).astype("<u4").tobytes()).decode("ascii")
+
+
+def decode_signature(encoded: str) -> np.ndarray:
+    """A signature from :meth:`MinHasher.encoded`."""
+    return np.frombuffer(base64.b64decode(encoded), dtype="<u4").astype(np.uint64)
+
+
 class NearDuplicateIndex:
-    """Keep-first near-duplicate detection over a stream of ``(id, text)``."""
+    """Keep-first near-duplicate detection over a stream of ``(id, text)`` or ``(id, signature)``."""
 
     def __init__(
         self, threshold: float, num_perm: int = 64, bands: int = 16, shingle: int = 3,
@@ -58,10 +87,9 @@ class NearDuplicateIndex:
     ) -> None:  # fmt: skip
         if num_perm % bands:
             raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
-        self.threshold, self.bands, self.shingle, self.capacity = threshold, bands, shingle, capacity
-        rng = np.random.default_rng(seed)
-        self._a = rng.integers(1, int(_PRIME), num_perm, dtype=np.uint64)
-        self._b = rng.integers(0, int(_PRIME), num_perm, dtype=np.uint64)
+        self.threshold, self.bands, self.capacity = threshold, bands, capacity
+        self.hasher = MinHasher(num_perm, shingle, seed)
+        rng = np.random.default_rng(seed + 1)
         self._salt = rng.integers(0, 1 << 63, bands, dtype=np.uint64)
         self._sigs = np.empty((0, num_perm), dtype=np.uint16)
         self._ids = np.empty(0, dtype=f"S{_ID_BYTES}")
@@ -71,13 +99,6 @@ class NearDuplicateIndex:
         self._buffer: dict[int, list[int]] = {}
         self._buffered = 0
         self.size = 0
-
-    def signature(self, text: str) -> np.ndarray:
-        """The MinHash signature of ``text`` (``num_perm`` values below 2**32)."""
-        hashes = _shingle_hashes(text, self.shingle)
-        # (a*x + b) mod p over every permutation and shingle: a, x < 2**32, so a*x fits in 64 bits.
-        values = (np.outer(self._a, hashes) + self._b[:, None]) % _PRIME
-        return values.min(axis=1)
 
     def _band_keys(self, signature: np.ndarray) -> np.ndarray:
         rows = signature.reshape(self.bands, -1).astype(np.uint64)
@@ -89,41 +110,46 @@ class NearDuplicateIndex:
         return keys
 
     def _candidates(self, keys: np.ndarray) -> np.ndarray:
-        found = []
+        # A Python set, not np.unique: a handful of slots per text, where numpy's per-call
+        # cost dominates (this runs once per emitted item on the driver).
+        found: set[int] = set()
         if len(self._keys):
-            pos = np.searchsorted(self._keys, keys)
-            pos = np.minimum(pos, len(self._keys) - 1)
+            pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
             hit = self._keys[pos] == keys
-            # Several texts may share a band key: take every slot of the equal run.
-            for p in pos[hit]:
-                end = np.searchsorted(self._keys, self._keys[p], side="right")
-                found.append(self._slots[p:end])
-        recent = [slot for key in keys.tolist() for slot in self._buffer.get(key, ())]
-        if recent:
-            found.append(np.array(recent, dtype=np.int32))
-        return np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int32)
+            if hit.any():
+                # Several texts may share a band key: take every slot of the equal run.
+                for p in pos[hit].tolist():
+                    end = np.searchsorted(self._keys, self._keys[p], side="right")
+                    found.update(self._slots[p:end].tolist())
+        for key in keys.tolist():
+            found.update(self._buffer.get(key, ()))
+        return np.fromiter(found, dtype=np.int32, count=len(found))
 
-    def query(self, text: str) -> tuple[Match | None, np.ndarray]:
-        """The most similar indexed text at or above the threshold (or None), and ``text``'s signature."""
-        signature = self.signature(text)
-        candidates = self._candidates(self._band_keys(signature))
+    def _match(self, signature: np.ndarray, keys: np.ndarray) -> Match | None:
+        """The most similar indexed text at or above the threshold, or None."""
+        candidates = self._candidates(keys)
         if not len(candidates):
-            return None, signature
+            return None
         agree = (self._sigs[candidates] == (signature & 0xFFFF).astype(np.uint16)).mean(axis=1)
         best = int(np.argmax(agree))
         if agree[best] < self.threshold:
-            return None, signature
-        return Match(self._ids[candidates[best]].decode(), float(agree[best])), signature
+            return None
+        return Match(self._ids[candidates[best]].decode(), float(agree[best]))
 
     def add(self, record_id: str, text: str) -> Match | None:
         """The kept text ``text`` nearly duplicates, or None: then ``text`` is kept (indexed
         while the index holds fewer than ``capacity`` texts)."""
-        match, signature = self.query(text)
+        return self.add_signature(record_id, self.hasher.signature(text))
+
+    def add_signature(self, record_id: str, signature: np.ndarray) -> Match | None:
+        """:meth:`add` for a text whose signature (by :attr:`hasher`) was computed elsewhere."""
+        keys = self._band_keys(signature)
+        match = self._match(signature, keys)
         if match is None and self.size < self.capacity:
-            self._insert(record_id, signature)
+            self._insert(record_id, signature, keys)
         return match
 
-    def _insert(self, record_id: str, signature: np.ndarray) -> None:
+    def _insert(self, record_id: str, signature: np.ndarray, keys: np.ndarray) -> None:
         slot = self.size
         if slot == len(self._sigs):
             grow = min(max(1024, len(self._sigs)), self.capacity - slot)
@@ -131,7 +157,7 @@ class NearDuplicateIndex:
             self._ids = np.concatenate([self._ids, np.empty(grow, dtype=self._ids.dtype)])
         self._sigs[slot] = (signature & 0xFFFF).astype(np.uint16)
         self._ids[slot] = record_id.encode()[:_ID_BYTES]
-        for key in self._band_keys(signature).tolist():
+        for key in keys.tolist():
             self._buffer.setdefault(key, []).append(slot)
         self._buffered += self.bands
         self.size += 1
@@ -153,6 +179,14 @@ class NearDuplicateIndex:
     def nbytes(self) -> int:
         """Bytes held by the index's arrays (the bounded buffer of recent keys not counted)."""
         return sum(a.nbytes for a in (self._sigs, self._ids, self._keys, self._slots))
+
+
+def hasher_for(cfg: ContentConfig) -> MinHasher | None:
+    """The hasher of the index ``cfg`` asks for (:func:`index_for`), or None when
+    near-duplicate detection is off."""
+    if cfg.near_duplicate_threshold is None:
+        return None
+    return MinHasher(cfg.near_duplicate_permutations)
 
 
 def index_for(cfg: ContentConfig) -> NearDuplicateIndex | None:

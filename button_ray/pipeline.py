@@ -298,9 +298,10 @@ def _stream(cfg: RunConfig, pools: Pools, source: ItemSource, lineage: dict[str,
     # not as Ray Data's generic UserCodeException.
     ctx.raise_original_map_exception = True
     rt = cfg.runtime
-    # One small block per Ray Data task: the actor holds many tasks at once, and a
-    # slow item only delays the few rows of its own block.
-    rows_per_block = rt.batch_size  # 1-4, checked by RuntimeConfig
+    # The driver's executor pays per block: larger blocks make it cheaper per item. A
+    # finished item is durable at once (the writer does not wait for its block); a slow
+    # item only holds back the rows of its own block on their way to the next stage.
+    rows_per_block = rt.batch_size
     # items_in_flight_per_actor counts items; each actor call carries a block of them.
     calls_per_actor = -(-rt.items_in_flight_per_actor // rows_per_block)
     window = source_window(rt, source.max_shard_items)

@@ -26,6 +26,21 @@ def random_text(rng: random.Random, n: int = 25) -> str:
     return " ".join(rng.choices(WORDS, k=n))
 
 
+def test_a_signature_made_elsewhere_finds_the_same_duplicates() -> None:
+    """The writers hash with their own hasher, the driver's index only looks up: the two
+    must agree, also through the outcome's text encoding."""
+    index = NearDuplicateIndex(0.8)
+    writer = near_dup.hasher_for(ContentConfig())
+    assert index.add("first", TASK) is None
+    sent = writer.encoded(TASK.replace("email address", "email"))
+    assert isinstance(sent, str) and len(sent) < 400
+    match = index.add_signature("near", near_dup.decode_signature(sent))
+    assert match is not None and match.kept_id == "first"
+    other = writer.encoded("Track my parcel 1Z999 to Oslo and reschedule its delivery for Friday.")
+    assert index.add_signature("other", near_dup.decode_signature(other)) is None
+    assert near_dup.hasher_for(ContentConfig(near_duplicate_threshold=None)) is None
+
+
 def test_exact_and_near_duplicates_name_the_kept_text() -> None:
     index = NearDuplicateIndex(0.8)
     assert index.add("first", TASK) is None

@@ -201,7 +201,11 @@ class RuntimeConfig(_Config):
         64, ge=1, description="Concurrent items (coroutines) per pipeline actor."
     )
     batch_size: int = Field(
-        1, ge=1, le=4, description="Rows per Ray Data block/batch; small, so a slow item delays few others."
+        1, ge=1, le=64,
+        description="Items per Ray Data block. The driver pays per block (~2 ms per block and stage, "
+        "benchmarks/RESULTS.md), so large runs want 16-32; a block moves on to the next stage when its "
+        "slowest item is done (each item is durable as soon as it finishes, whatever its block), so keep "
+        "items_in_flight_per_actor several blocks deep.",
     )
     actor_num_cpus: float = Field(
         0.25, gt=0, description="CPUs reserved per pipeline actor (they mostly await the engines)."
