@@ -23,7 +23,7 @@ from button_ray.errors import LLMUnavailableError
 from button_ray.llm.pool import PoolClient
 from button_ray.llm.replica import Pools
 from button_ray.near_dup import hasher_for
-from button_ray.parts import GroupWriter, PartWriter
+from button_ray.parts import GroupWriter, PartWriter, durable_outcomes
 from button_ray.records import WorkItem
 from button_ray.storage import Storage
 
@@ -81,14 +81,25 @@ class SimulationStage(ItemStage):
     output as soon as it finishes (not when its block does), and the call returns one
     small outcome row per item once all are durable."""
 
+    stored: dict[str, Any]
+
     def __init__(self, stage: str, method: MethodConfig, pools: Pools, affinity: bool = True, *,
                  output_uri: str, storage_options: dict[str, Any], lineage: dict[str, Any]) -> None:
+        import ray
+
         super().__init__(stage, method, pools, affinity)
-        self.writer = GroupWriter(PartWriter(Storage(output_uri, storage_options), lineage,
-                                             hasher_for(method.content)))
+        store = Storage(output_uri, storage_options)
+        self.writer = GroupWriter(PartWriter(store, lineage, hasher_for(method.content)))
+        # Restarted after a crash, this actor gets the crashed one's blocks again, and
+        # parts hold the items it finished (a block's items are stored one by one): those
+        # are reported from their parts, not run again.
+        self.stored = durable_outcomes(store) if ray.get_runtime_context().was_current_actor_reconstructed else {}
 
     async def _finish(self, shard: str, raw: str) -> str:
-        return json.dumps(await self.writer.write(shard, await self._run(raw)), ensure_ascii=False)
+        outcome = self.stored.get(WorkItem.model_validate_json(raw).item_id) if self.stored else None
+        if outcome is None:
+            outcome = await self.writer.write(shard, await self._run(raw))
+        return json.dumps(outcome, ensure_ascii=False)
 
     async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         outcomes = await asyncio.gather(*(self._finish(str(s), raw) for s, raw in zip(batch["shard"], batch["item"])))

@@ -63,6 +63,9 @@ class OracleEngine:
     - ``latency_s``: sleep per request (simulates engine time);
     - ``latency_by_request``: {request id: seconds} overriding ``latency_s`` (a slow or
       hung request among normal ones);
+    - ``slow_share`` and ``slow_latency_s``: about this share of the items (by a hash of
+      the item id, like ``judge_no_share``) take ``slow_latency_s`` per request instead:
+      stragglers among the items of one block (:meth:`slow`);
     - ``garbage``: answer every request with unparseable text;
     - ``judge_no_share``: the judge says no to about this share of the items (chosen by
       a hash of the item id, so the same items every run): a yield below 1;
@@ -119,7 +122,9 @@ class OracleEngine:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self._trace("start", request)
         try:
-            latency = self.extra.get("latency_by_request", {}).get(request.request_id, self.extra.get("latency_s", 0.0))
+            latency = self.extra.get("slow_latency_s") if self.slow(self.extra, request.request_id.split("/")[0]) \
+                else self.extra.get("latency_s", 0.0)
+            latency = self.extra.get("latency_by_request", {}).get(request.request_id, latency)
             await asyncio.sleep(float(latency))
         finally:
             self.in_flight -= 1
@@ -155,8 +160,12 @@ class OracleEngine:
         return text
 
     def _judged_no(self, item_id: str) -> bool:
-        share = float(self.extra.get("judge_no_share", 0.0))
-        return share > 0 and int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) / 16**8 < share
+        return _in_share(item_id, float(self.extra.get("judge_no_share", 0.0)))
+
+    @staticmethod
+    def slow(extra: dict, item_id: str) -> bool:
+        """Whether the engine with ``extra`` answers ``item_id``'s requests slowly."""
+        return _in_share(item_id, float(extra.get("slow_share", 0.0)))
 
     def metrics(self) -> dict:
         return {"requests": self.requests, "affinity_keys": sorted(self.affinity_keys),
@@ -174,6 +183,10 @@ class EchoEngine(OracleEngine):
 
     def _answer(self, request: LLMRequest) -> str:
         return request.request_id
+
+
+def _in_share(item_id: str, share: float) -> bool:
+    return share > 0 and int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) / 16**8 < share
 
 
 def read_traces(trace_dir: str) -> dict[int, list[tuple[str, str, str, str]]]:

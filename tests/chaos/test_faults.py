@@ -26,7 +26,7 @@ from button_ray.config import load_config
 from button_ray.errors import OutputError
 from button_ray.pipeline import run_generate
 from button_ray.sink import OutputStore, read_committed
-from tests.fakes import in_flight, read_traces
+from tests.fakes import OracleEngine, in_flight, read_traces
 from tests.storage import helpers as h
 
 pytestmark = [pytest.mark.chaos, pytest.mark.s3, pytest.mark.ray]
@@ -98,15 +98,21 @@ def test_simulation_actor_killed_mid_trajectory(ray_local, s3_server, tmp_path, 
     """SIGKILL the Ray Data simulation actor while it holds trajectories: they are redone
     once; no committed trajectory lost, no half trajectory committed, no duplicate.
 
-    With ``batch`` 8 the run is one shard of 8 items in one Ray Data block, and the kill
-    waits until some of them are stored while others of the same block still run: what
-    finished is durable at once, not when its block is done, and is not redone."""
+    With ``batch`` 8 the run is one shard of 8 items in one Ray Data block, some of them
+    slow (the engine answers them at 1.5 s a request), and the kill waits until the fast
+    ones are stored while the slow ones of the same block still run: what finished is
+    durable at once, not when its block is done, and is not redone when Ray Data gives
+    the block to the restarted actor."""
     trace = tmp_path / "trace"
     trace.mkdir()
     shards = 2 if batch == 1 else 1
+    slow = {"slow_share": 0.3, "slow_latency_s": 1.5, "latency_s": 0.05} if batch > 1 else {"latency_s": 0.3}
     run = h.cfg(s3_server.uri(f"sim-kill-{batch}"), s3_server.storage_options, n=4, shard_size=4 // shards,
-                slots=2, latency_s=0.3, trace_dir=str(trace))
+                slots=2, trace_dir=str(trace), **slow)
     run = run.model_copy(update={"runtime": run.runtime.model_copy(update={"batch_size": batch})})
+    slow_ids = {i for i in h.expected_ids(run) if OracleEngine.slow(slow, i)}
+    if batch > 1:
+        assert 0 < len(slow_ids) < 8, f"the hash picked {len(slow_ids)} of 8 items as slow"
     before = h.all_actor_ids("SimulationStage")
     bg = h.Background(lambda: run_generate(run))
     sim_roles = {"user_agent", "assistant_agent", "tool_agent"}
@@ -120,7 +126,8 @@ def test_simulation_actor_killed_mid_trajectory(ray_local, s3_server, tmp_path, 
         turns = {e[3] for e in events if e[0] == "end" and e[2] in sim_roles}
         open_turns = {e[1] for e in events if e[0] == "start" and e[2] in sim_roles} - \
             {e[1] for e in events if e[0] == "end"}
-        if batch > 1 and not h.durable_uncommitted(run.output.uri, run.output.storage_options, set()):
+        if batch > 1 and (not {r.split("/", 1)[0] for r in open_turns} & slow_ids or
+                          not h.durable_uncommitted(run.output.uri, run.output.storage_options, set())):
             return None
         return (ours[0], turns) if turns and open_turns and not bg.done() else None
 
@@ -152,7 +159,7 @@ def test_simulation_actor_killed_mid_trajectory(ray_local, s3_server, tmp_path, 
     assert h.actor_info(actor["ActorID"])["NumRestarts"] >= 1, "Ray did not restart the killed actor"
     assert committed_before < shards, "the kill came after every shard was committed"
     if batch > 1:
-        assert durable, "no item of the block was stored while the others ran"
+        assert durable and not durable & slow_ids, "the fast items were not stored while the slow ones ran"
     assert result["failed"] == 0
     expected = h.expected_ids(run)
     h.assert_exact(run.output.uri, run.output.storage_options, expected)
