@@ -81,7 +81,6 @@ class SimulationStage(ItemStage):
     output as soon as it finishes (not when its block does), and the call returns one
     small outcome row per item once all are durable."""
 
-
     def __init__(self, stage: str, method: MethodConfig, pools: Pools, affinity: bool = True, *,
                  output_uri: str, storage_options: dict[str, Any], lineage: dict[str, Any]) -> None:
         import ray
