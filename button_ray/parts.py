@@ -1,13 +1,14 @@
 """Parts: finished items made durable where they finish; shards committed from them.
 
-Trajectories never pass through the driver. The simulation actor that finishes a
-block of items writes them as part objects before it reports them::
+Trajectories never pass through the driver. The simulation actor writes each item
+as a part object the moment it finishes (:class:`GroupWriter`: items that finish
+together share a part), before it reports it::
 
     _parts/<shard>/<kind>-<uuid>.parquet    rows of one shard, in the final schema of
                                             ``kind`` (data or rejected), one PUT each
 
 and tells the driver only each item's :data:`Outcome` (id, part, one-item stats, and
-the composite task for the near-duplicate check). Every outcome the driver sees is
+the signature of its composite task for the near-duplicate check). Every outcome the driver sees is
 therefore durable. When all items of a shard are, a commit task reads the parts the
 driver chose (one per item: a retried block may have written an item twice), writes
 the shard's data and rejected files and its marker exactly as before
