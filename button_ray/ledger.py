@@ -18,9 +18,13 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from button_ray import summary as summ
-from button_ray.near_dup import NearDuplicateIndex, decode_signature
+from button_ray.near_dup import DuplicateCheck
 from button_ray.parts import Outcome
 from button_ray.sink import OutputStore, ShardPlan
+
+
+#: How a near duplicate's detail names what it duplicates, by kind of text compared.
+_LABELS = {"task": "composite task", "dialogue": "dialogue"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class ShardLedger:
     and :attr:`reached` turns true when the commits that got there are done.
     """
 
-    def __init__(self, duplicates: NearDuplicateIndex | None = None, target_accepted: int | None = None) -> None:
+    def __init__(self, duplicates: DuplicateCheck | None = None, target_accepted: int | None = None) -> None:
         self.duplicates = duplicates
         self.target_accepted = target_accepted
         self.plans: dict[str, ShardPlan] = {}
@@ -93,10 +97,11 @@ class ShardLedger:
         if outcome["id"] in got:
             return False, None
         if outcome["kind"] == "data" and self.duplicates is not None:
-            match = self.duplicates.add_signature(outcome["id"], decode_signature(outcome["task_sig"]))
-            if match is not None:
+            found = self.duplicates.check_outcome(outcome["id"], outcome)
+            if found is not None:
+                kind, match = found
                 self.near.setdefault(shard, {})[outcome["id"]] = (
-                    f"composite task nearly duplicates record {match.kept_id} "
+                    f"{_LABELS[kind]} nearly duplicates record {match.kept_id} "
                     f"(estimated similarity {match.similarity:.2f})")
                 outcome = {**outcome, "stats": summ.as_near_duplicate(outcome["stats"])}
         got[outcome["id"]] = outcome
@@ -116,15 +121,15 @@ class ShardLedger:
         self._markers[marker["key"]] = marker
 
     def index_committed(self, store: OutputStore) -> None:
-        """Put the composite tasks of the committed shards into the near-duplicate index
-        (a resume), one shard's two columns at a time."""
+        """Put the committed shards' records into the near-duplicate check (a resume), one
+        shard's columns at a time."""
         if self.duplicates is None:
             return
         for marker in self.markers.values():
             raw = store.read_bytes(marker["files"]["data"]["path"])
-            table = pq.read_table(io.BytesIO(raw), columns=["record_id", "composite_task"])
-            for record_id, task in zip(table["record_id"].to_pylist(), table["composite_task"].to_pylist()):
-                self.duplicates.add(record_id, task or "")
+            table = pq.read_table(io.BytesIO(raw), columns=["record_id", "composite_task", "messages"])
+            for record_id, task, messages in zip(*(table[c].to_pylist() for c in table.column_names)):
+                self.duplicates.check_texts(record_id, task or "", messages or [])
 
     def missing(self) -> dict[str, int]:
         """Items not delivered, per shard neither committed nor being committed."""

@@ -1,5 +1,9 @@
 """Run-wide near-duplicate detection: MinHash signatures and LSH banding over numpy arrays.
 
+Two kinds of text are checked (:class:`DuplicateCheck`): a record's composite task and
+its whole dialogue (:func:`dialogue_text`). The writers hash (:class:`Signer`), the
+driver only looks the signatures up.
+
 A text is reduced to the set of its word ``shingle``-grams (tokens as in
 :func:`button_ray.quality.tokens`); MinHash estimates the Jaccard similarity of two such
 sets from ``num_perm`` hash minima. LSH splits each signature into ``bands`` bands: two
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -145,11 +149,21 @@ class NearDuplicateIndex:
         """:meth:`add` for a text whose signature (by :attr:`hasher`) was computed elsewhere."""
         keys = self._band_keys(signature)
         match = self._match(signature, keys)
-        if match is None and self.size < self.capacity:
+        if match is None:
             self._insert(record_id, signature, keys)
         return match
 
+    def match(self, signature: np.ndarray) -> Match | None:
+        """What :meth:`add_signature` would find, without keeping anything."""
+        return self._match(signature, self._band_keys(signature))
+
+    def keep(self, record_id: str, signature: np.ndarray) -> None:
+        """Index a text found to be no duplicate (by :meth:`match`)."""
+        self._insert(record_id, signature, self._band_keys(signature))
+
     def _insert(self, record_id: str, signature: np.ndarray, keys: np.ndarray) -> None:
+        if self.size >= self.capacity:
+            return
         slot = self.size
         if slot == len(self._sigs):
             grow = min(max(1024, len(self._sigs)), self.capacity - slot)
@@ -181,21 +195,83 @@ class NearDuplicateIndex:
         return sum(a.nbytes for a in (self._sigs, self._ids, self._keys, self._slots))
 
 
-def hasher_for(cfg: ContentConfig) -> MinHasher | None:
-    """The hasher of the index ``cfg`` asks for (:func:`index_for`), or None when
-    near-duplicate detection is off."""
-    if cfg.near_duplicate_threshold is None:
+def dialogue_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The text a whole dialogue is compared by: every message but the system prompt, whose
+    function list many dialogues share."""
+    return "\n".join(str(m.get("content") or "") for m in messages if m.get("role") != "system")
+
+
+def _index(cfg: ContentConfig, threshold: float | None) -> NearDuplicateIndex | None:
+    if threshold is None:
         return None
-    return MinHasher(cfg.near_duplicate_permutations)
+    return NearDuplicateIndex(threshold, num_perm=cfg.near_duplicate_permutations, bands=cfg.near_duplicate_bands,
+                              capacity=cfg.near_duplicate_capacity)
 
 
 def index_for(cfg: ContentConfig) -> NearDuplicateIndex | None:
-    """The index ``cfg`` asks for, or None when near-duplicate detection is off."""
-    if cfg.near_duplicate_threshold is None:
+    """The composite-task index ``cfg`` asks for, or None when that check is off."""
+    return _index(cfg, cfg.near_duplicate_threshold)
+
+
+#: What a record is compared by, in the order the run-wide check tries them.
+KINDS = ("task", "dialogue")
+
+
+class Signer:
+    """The writers' half of the run-wide check: the signatures of an emitted record, as
+    short text for its outcome (``task_sig``, ``dialogue_sig``), for the kinds ``cfg``
+    checks."""
+
+    def __init__(self, cfg: ContentConfig) -> None:
+        self.hasher = MinHasher(cfg.near_duplicate_permutations)
+        self.kinds = [k for k, t in zip(KINDS, (cfg.near_duplicate_threshold, cfg.near_duplicate_dialogue_threshold))
+                      if t is not None]
+
+    def texts(self, task: str, messages: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+        """The texts of a record compared, by kind."""
+        return {k: task if k == "task" else dialogue_text(messages) for k in self.kinds}
+
+    def signatures(self, task: str, messages: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+        """The outcome fields of a record: ``<kind>_sig`` -> :meth:`MinHasher.encoded`."""
+        return {f"{k}_sig": self.hasher.encoded(t) for k, t in self.texts(task, messages).items()}
+
+
+class DuplicateCheck:
+    """The run-wide near-duplicate check: an emitted record is a duplicate when its
+    composite task or its whole dialogue nearly duplicates that of a record kept earlier;
+    a record that is neither is kept in both indexes. Memory: each index is bounded by
+    ``near_duplicate_capacity``."""
+
+    def __init__(self, cfg: ContentConfig) -> None:
+        self.signer = Signer(cfg)
+        self.indexes = {"task": index_for(cfg), "dialogue": _index(cfg, cfg.near_duplicate_dialogue_threshold)}
+
+    def check(self, record_id: str, signatures: Mapping[str, np.ndarray]) -> tuple[str, Match] | None:
+        """(kind, the kept record it nearly duplicates) for a record's signatures by kind,
+        or None: then the record is kept."""
+        for kind in self.signer.kinds:
+            match = self.indexes[kind].match(signatures[kind])
+            if match is not None:
+                return kind, match
+        for kind in self.signer.kinds:
+            self.indexes[kind].keep(record_id, signatures[kind])
         return None
-    return NearDuplicateIndex(
-        cfg.near_duplicate_threshold,
-        num_perm=cfg.near_duplicate_permutations,
-        bands=cfg.near_duplicate_bands,
-        capacity=cfg.near_duplicate_capacity,
-    )
+
+    def check_outcome(self, record_id: str, outcome: Mapping[str, Any]) -> tuple[str, Match] | None:
+        """:meth:`check` with the signatures a writer put in ``outcome``."""
+        return self.check(record_id, {k: decode_signature(outcome[f"{k}_sig"]) for k in self.signer.kinds})
+
+    def check_texts(self, record_id: str, task: str, messages: Sequence[Mapping[str, Any]]) -> tuple[str, Match] | None:
+        """:meth:`check` from the texts (a resume, ``button-ray filter``)."""
+        texts = self.signer.texts(task, messages)
+        return self.check(record_id, {k: self.signer.hasher.signature(t) for k, t in texts.items()})
+
+    def nbytes(self) -> int:
+        """Bytes held by the indexes' arrays."""
+        return sum(i.nbytes() for i in self.indexes.values() if i is not None)
+
+
+def check_for(cfg: ContentConfig) -> DuplicateCheck | None:
+    """The run-wide check ``cfg`` asks for, or None when both kinds are off."""
+    check = DuplicateCheck(cfg)
+    return check if check.signer.kinds else None

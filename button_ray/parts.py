@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from button_ray import summary as summ
-from button_ray.near_dup import MinHasher
+from button_ray.near_dup import Signer
 from button_ray.records import ACCEPTED_SCHEMA, REJECTED_SCHEMA, WorkItem, item_row, to_table
 from button_ray.sink import OutputStore, ShardPlan
 from button_ray.storage import Storage
@@ -51,19 +51,20 @@ _READERS = 16
 
 #: What the driver learns of a finished item: ``id``, ``shard``, ``part`` (the object
 #: holding its row), ``kind`` (data or rejected), ``stats`` (the item alone, in
-#: :mod:`button_ray.summary` form) and ``task_sig`` (the MinHash signature of an emitted
-#: item's composite task, :meth:`button_ray.near_dup.MinHasher.encoded`, when the run
-#: checks near duplicates: the writer hashes, the driver only looks up).
+#: :mod:`button_ray.summary` form) and, for an emitted item when the run checks near
+#: duplicates, ``task_sig`` and ``dialogue_sig`` (MinHash signatures of its composite
+#: task and dialogue, :class:`button_ray.near_dup.Signer`: the writer hashes, the driver
+#: only looks up).
 Outcome = dict[str, Any]
 
 
 class PartWriter:
     """Writes finished items as part objects (in the stage actor that finished them)."""
 
-    def __init__(self, store: Storage, lineage: dict[str, Any], hasher: MinHasher | None = None) -> None:
+    def __init__(self, store: Storage, lineage: dict[str, Any], signer: Signer | None = None) -> None:
         self.store = store
         self.lineage = lineage
-        self.hasher = hasher
+        self.signer = signer
 
     def write(self, finished: Iterable[tuple[str, WorkItem]]) -> list[Outcome]:
         """Write the ``(shard, item)`` pairs, one part per shard and kind; their outcomes.
@@ -74,9 +75,9 @@ class PartWriter:
         for shard, item in finished:
             kind = "data" if item.outcome == "emitted" else "rejected"
             outcome = {"id": item.item_id, "shard": shard, "kind": kind, "stats": summ.item_stats(item)}
-            if kind == "data" and self.hasher is not None:
+            if kind == "data" and self.signer is not None:
                 task = item.bundle.composition.composite_task if item.bundle else ""
-                outcome["task_sig"] = self.hasher.encoded(task)
+                outcome.update(self.signer.signatures(task, item.messages))
             groups[(shard, kind)].append((item, outcome))
         outcomes: list[Outcome] = []
         for (shard, kind), pairs in groups.items():

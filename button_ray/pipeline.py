@@ -31,7 +31,7 @@ from button_ray.commits import Commits
 from button_ray.ledger import ShardLedger
 from button_ray.llm.pool import metrics_within
 from button_ray.llm.replica import Pools, start_pools, stop_pools
-from button_ray.near_dup import index_for
+from button_ray.near_dup import check_for
 from button_ray.parts import PARTS_DIR, Outcome, durable_outcomes
 from button_ray.plan import expected_shortfall, pool_shortfall, round_scenarios
 from button_ray.preflight import Preflight, preflight, recorded_config
@@ -128,7 +128,7 @@ def run_generate(cfg: RunConfig, limit: int | None = None, target_accepted: int 
     committed = store.committed()
     requested = [s.scenario_id for s in pre.scenarios]
     # Every committed shard stays in the manifest, also those beyond this run's limit.
-    ledger = ShardLedger(duplicates=index_for(cfg.method.content), target_accepted=target_accepted)
+    ledger = ShardLedger(duplicates=check_for(cfg.method.content), target_accepted=target_accepted)
     ledger.markers = dict(committed)
     commits = Commits(store, fingerprint, ledger)
     covered = covered_scenarios(committed.values()) & set(requested)

@@ -75,7 +75,8 @@ class ContentConfig(_Config):
         "degeneration", "repeat_ngram", "max_repeated_share", "pattern_ngram", "max_pattern_repeats",
         "sentence_min_words", "copied_turn_similarity", "copied_turn_min_words", "final_min_words", "grounding",
         "grounding_min_overlap", "result_conformance", "plan_coverage", "relevance_min_similarity",
-        "relevance_model", "subtask_max_similarity", "near_duplicate_threshold", "near_duplicate_permutations",
+        "relevance_model", "subtask_max_similarity", "near_duplicate_threshold", "near_duplicate_dialogue_threshold",
+        "near_duplicate_permutations",
         "near_duplicate_bands", "near_duplicate_capacity",
     })
 
@@ -183,6 +184,15 @@ class ContentConfig(_Config):
         "kept depends on arrival order. In `button-ray filter` the first user message stands for the composite "
         "task. None: off.",
     )
+    near_duplicate_dialogue_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Run-wide, like near_duplicate_threshold but over the whole dialogue (every message but the "
+        "system prompt): reject an emitted trajectory whose dialogue nearly duplicates one kept earlier, whatever "
+        "its composite task (same stage and reason, the detail says 'dialogue'). None (the default): off; the "
+        "cluster configs set 0.9. A second index of the same size as the composite tasks' on the driver.",
+    )
     near_duplicate_permutations: int = Field(
         64, ge=8, le=512, description="MinHash permutations (2 bytes each per kept task); a multiple of the bands."
     )
@@ -196,8 +206,9 @@ class ContentConfig(_Config):
     near_duplicate_capacity: int = Field(
         1_000_000,
         ge=1,
-        description="Most composite tasks the index holds (about 350 bytes each with the defaults): the bound on its "
-        "memory. Later tasks are still checked against the indexed ones, but not added.",
+        description="Most records each index (composite tasks, dialogues) holds (about 350 bytes per record and "
+        "index with the defaults): the bound on their memory. Later records are still checked against the indexed "
+        "ones, but not added.",
     )
 
     @model_validator(mode="after")
