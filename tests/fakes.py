@@ -69,6 +69,8 @@ class OracleEngine:
     - ``garbage``: answer every request with unparseable text;
     - ``judge_no_share``: the judge says no to about this share of the items (chosen by
       a hash of the item id, so the same items every run): a yield below 1;
+    - ``judge_low_share``: the dialogue judge scores about this share of the dialogues 1
+      on every axis (chosen like ``judge_no_share``);
     - ``fail_start``: the engine never starts (constructor-time failure);
     - ``start_latency_s``: seconds the engine takes to start (a model loading);
     - ``restart_latency_s``: the same, only in a restarted replica actor;
@@ -154,13 +156,17 @@ class OracleEngine:
             return "I am not sure what you mean."
         if request.role == "composition_filter" and self._judged_no(request.request_id.split("/")[0]):
             return json.dumps({"reasoning": "The sub-tasks do not add up to the composite task.", "verdict": "no"})
+        if request.role == "dialogue_judge" and self._judged_no(request.request_id.split("/")[0],
+                                                                 "judge_low_share"):
+            return json.dumps({"reason": "The final answer ignores the tool results.",
+                               "helpfulness": 1, "correctness": 1, "naturalness": 1})
         text = bottom_up.respond(request) or top_down.respond(request)
         if text is None:
             raise AssertionError(f"no oracle answers role {request.role}")
         return text
 
-    def _judged_no(self, item_id: str) -> bool:
-        return _in_share(item_id, float(self.extra.get("judge_no_share", 0.0)))
+    def _judged_no(self, item_id: str, key: str = "judge_no_share") -> bool:
+        return _in_share(item_id, float(self.extra.get(key, 0.0)))
 
     @staticmethod
     def slow(extra: dict, item_id: str) -> bool:

@@ -1,5 +1,6 @@
-"""How tightly outputs are held (:class:`TightConstraints`) and the content rules
-(:class:`ContentConfig`): docs/constraints.md and docs/quality.md."""
+"""How tightly outputs are held (:class:`TightConstraints`), the content rules
+(:class:`ContentConfig`) and the LLM judge of finished dialogues (:class:`JudgeConfig`):
+docs/constraints.md and docs/quality.md."""
 
 from __future__ import annotations
 
@@ -223,3 +224,43 @@ class ContentConfig(_Config):
         # YAML reads a bare `off` as false: `grounding: off` must mean "off".
         return "off" if value is False else value
 
+
+#: The judge's score scale, lowest and highest (every axis): fixed, so scores of runs
+#: with different thresholds stay comparable.
+JUDGE_SCALE = (1, 5)
+
+
+class JudgeConfig(_Config):
+    """The LLM quality judge over each finished dialogue (``docs/quality.md``, "The dialogue
+    judge"): one extra LLM call per dialogue that passed every other rule, role
+    ``dialogue_judge``. It scores helpfulness, the final answer's correctness against the
+    tool results and the user's naturalness on :data:`JUDGE_SCALE`; a dialogue under a
+    threshold is rejected (stage ``dialogue_judge``, reason ``judge_low_score``)."""
+
+    OUTPUTS = frozenset({"enabled", "min_score", "min_mean", "reason_max_chars"})
+
+    enabled: bool = Field(
+        False,
+        description="Judge every dialogue that passed the trajectory filter and the content rules (one more LLM "
+        "call each, role dialogue_judge, which a pool must serve). Off: no call, the judge columns are null.",
+    )
+    min_score: int = Field(
+        3,
+        ge=JUDGE_SCALE[0],
+        le=JUDGE_SCALE[1],
+        description="Every axis (helpfulness, correctness, naturalness) must score at least this, on the 1-5 "
+        "scale; a lower one rejects the dialogue (reason judge_low_score). 1: no axis threshold.",
+    )
+    min_mean: float | None = Field(
+        None,
+        ge=JUDGE_SCALE[0],
+        le=JUDGE_SCALE[1],
+        description="The mean of the three scores must be at least this (reason judge_low_score). None: off.",
+    )
+    reason_max_chars: int = Field(
+        300,
+        ge=20,
+        le=2000,
+        description="Bound on the judge's reason at the 'tight' strength (a small model rambles into max_tokens "
+        "before its scores otherwise); 'structure' sends no length bound.",
+    )

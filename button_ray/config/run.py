@@ -256,21 +256,27 @@ class RunConfig(_Config):
                 if role in served:
                     raise ValueError(f"role {role!r} is served by pools {served[role]!r} and {pool.name!r}")
                 served[role] = pool.name
-        missing = [r for r in ROLES if r not in served]
+        missing = [r for r in self.needed_roles() if r not in served]
         if missing:
             raise ValueError(f"no pool serves roles {missing}")
         if len({p.name for p in self.pools}) != len(self.pools):
             raise ValueError("pool names must be unique")
         return self
 
+    def needed_roles(self) -> tuple[str, ...]:
+        """The roles some pool must serve: every role, the judge's only when it is on (a
+        config written before the judge existed names its pools' roles without it)."""
+        return tuple(r for r in ROLES if r != "dialogue_judge" or self.method.judge.enabled)
+
     def pool_for(self, role: Role) -> PoolConfig:
         return next(p for p in self.pools if role in p.roles)
 
     def resolved_method(self) -> MethodConfig:
-        """The method config the stages run with: every role's constraint strength
+        """The method config the stages run with: every served role's constraint strength
         spelled out (``method.constraints`` first, else the serving pool's), and the
         prompt templates read (a :class:`ConfigError` if one is missing or malformed)."""
-        strengths = {role: self.method.constraints.get(role, self.pool_for(role).constraints) for role in ROLES}
+        served = {role: pool for pool in self.pools for role in pool.roles}
+        strengths = {role: self.method.constraints.get(role, pool.constraints) for role, pool in served.items()}
         return self.method.with_templates().model_copy(update={"constraints": strengths})
 
     def with_templates(self) -> "RunConfig":
