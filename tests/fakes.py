@@ -64,7 +64,7 @@ class OracleEngine:
     - ``latency_by_request``: {request id: seconds} overriding ``latency_s`` (a slow or
       hung request among normal ones);
     - ``slow_share`` and ``slow_latency_s``: about this share of the items (by a hash of
-      the item id, like ``judge_no_share``) take ``slow_latency_s`` per request instead:
+      ``slow_salt`` and the item id) take ``slow_latency_s`` per request instead:
       stragglers among the items of one block (:meth:`slow`);
     - ``garbage``: answer every request with unparseable text;
     - ``judge_no_share``: the judge says no to about this share of the items (chosen by
@@ -171,7 +171,7 @@ class OracleEngine:
     @staticmethod
     def slow(extra: dict, item_id: str) -> bool:
         """Whether the engine with ``extra`` answers ``item_id``'s requests slowly."""
-        return _in_share(item_id, float(extra.get("slow_share", 0.0)))
+        return _in_share(f"{extra.get('slow_salt', '')}{item_id}", float(extra.get("slow_share", 0.0)))
 
     def metrics(self) -> dict:
         return {"requests": self.requests, "affinity_keys": sorted(self.affinity_keys),
