@@ -118,23 +118,30 @@ def test_preflight_unwritable(tmp_path):
         store.preflight()
 
 
+def _one_shard_of_failed_items(tmp_path, n_scenarios: int):
+    """One shard of ``n_scenarios`` x 2 items, each failed (a small row), and an empty output."""
+    from button_ray.records import Scenario, WorkItem
+    from button_ray.source import shard_items
+
+    scenarios = [Scenario(scenario_id=f"s{i}", text=f"Scenario {i}", source="x.txt") for i in range(n_scenarios)]
+    (plan,) = plan_shards("fp", [s.scenario_id for s in scenarios], n_scenarios, slots=2)
+    items = [WorkItem.model_validate_json(r["item"]) for r in shard_items("fp", 0, plan.key, scenarios, 2)]
+    for item in items:
+        item.fail("scripted")
+    store = OutputStore(str(tmp_path / "out"))
+    store.preflight()
+    return plan, items, store
+
+
 def test_the_ledger_counts_a_redelivered_item_once_and_commits_from_parts(tmp_path):
     """Items arrive as parts (one per delivered block), out of order, one twice before the
     commit and once after it (at-least-once execution): the shard commits every item
     once, in plan order, and its spent parts are deleted after the marker."""
     from button_ray.ledger import ShardLedger
     from button_ray.parts import PARTS_DIR, durable_outcomes
-    from button_ray.records import Scenario, WorkItem
-    from button_ray.source import shard_items
     from tests.deliver import deliver
 
-    scenarios = [Scenario(scenario_id=f"s{i}", text=f"Scenario {i}", source="x.txt") for i in range(3)]
-    (plan,) = plan_shards("fp", [s.scenario_id for s in scenarios], 4, slots=2)
-    items = [WorkItem.model_validate_json(r["item"]) for r in shard_items("fp", 0, plan.key, scenarios, 2)]
-    for item in items:
-        item.fail("scripted")
-    store = OutputStore(str(tmp_path / "out"))
-    store.preflight()
+    plan, items, store = _one_shard_of_failed_items(tmp_path, 3)
     ledger = ShardLedger()
     ledger.add_plans([plan])
     taken = deliver(store, ledger, plan.key, [items[0], *reversed(items[2:])])
@@ -172,17 +179,10 @@ def test_the_group_writer_stores_each_item_when_it_finishes_and_groups_the_busy_
     import threading
 
     from button_ray.parts import PARTS_DIR, GroupWriter, PartWriter, durable_outcomes
-    from button_ray.records import Scenario, WorkItem
-    from button_ray.source import shard_items
+    from button_ray.records import WorkItem
     from tests.deliver import LINEAGE
 
-    scenarios = [Scenario(scenario_id=f"s{i}", text=f"Scenario {i}", source="x.txt") for i in range(5)]
-    (plan,) = plan_shards("fp", [s.scenario_id for s in scenarios], 8, slots=2)
-    items = [WorkItem.model_validate_json(r["item"]) for r in shard_items("fp", 0, plan.key, scenarios, 2)]
-    for item in items:
-        item.fail("scripted")
-    store = OutputStore(str(tmp_path / "out"))
-    store.preflight()
+    plan, items, store = _one_shard_of_failed_items(tmp_path, 5)
     writes: list[int] = []
     first_write_started, release_first_write = threading.Event(), threading.Event()
 
