@@ -363,8 +363,10 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=64, help="output.shard_size (scenarios per shard)")
     ap.add_argument("--actors", type=int, default=1, help="actors per pipeline stage")
     ap.add_argument("--in-flight", type=int, default=64, help="runtime.items_in_flight_per_actor")
-    ap.add_argument("--batch-size", type=int, default=1, help="runtime.batch_size (rows per Ray Data block, 1-4)")
+    ap.add_argument("--batch-size", type=int, default=1, help="runtime.batch_size (items per Ray Data block, 1-64)")
     ap.add_argument("--profile", help="cProfile the driver's stream into PREFIX.<n>.prof")
+    ap.add_argument("--name", default="bench_overhead",
+                    help="results/NAME.json (a variant's own file: e.g. bench_overhead_batch32)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -391,7 +393,7 @@ def main() -> None:
               f"{r.get('traj_per_s_first_half', 0):.1f}, second half {r.get('traj_per_s_second_half', 0):.1f}",
               flush=True)
         # Written after every size, so a long run that is stopped keeps what it measured.
-        write_result("bench_overhead", run_config, {"sizes": results, "complete": False}, started)
+        write_result(args.name, run_config, {"sizes": results, "complete": False}, started, "bench_overhead")
 
     rows = [(r["n"], r["stream_s"], r["job_s"], r["traj_per_s"], r["traj_per_s_steady"], r["traj_per_s_per_core"],
              r["traj_per_cpu_s"],
@@ -421,8 +423,9 @@ def main() -> None:
     for r in results:
         print(f"{r['n']} trajectories: driver CPU per trajectory: "
               f"{1000 * r['cpu_s_by_kind'].get('driver', 0.0) / r['n']:.2f} ms")
-    path = write_result("bench_overhead", run_config,
-                        {"sizes": results, "ratios_largest_over_smallest": ratios, "complete": True}, started)
+    path = write_result(args.name, run_config,
+                        {"sizes": results, "ratios_largest_over_smallest": ratios, "complete": True}, started,
+                        "bench_overhead")
     print(f"\nwrote {path}")
 
 

@@ -95,13 +95,14 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def write_result(name: str, config: dict[str, Any], results: dict[str, Any],
-                 started: _dt.datetime) -> Path:
-    """Write ``results/<name>.json`` and return its path."""
+                 started: _dt.datetime, module: str | None = None) -> Path:
+    """Write ``results/<name>.json`` and return its path; ``module`` is the benchmark's
+    module when ``name`` is one of its variants."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     payload = {
         "benchmark": name,
-        "command": " ".join([Path(sys.executable).name, "-m", f"benchmarks.{name}", *sys.argv[1:]]),
+        "command": " ".join([Path(sys.executable).name, "-m", f"benchmarks.{module or name}", *sys.argv[1:]]),
         "started_utc": started.isoformat(timespec="seconds"),
         "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from button_ray import __version__
 from button_ray import summary as summ
 from button_ray.button_format import parse_button_messages
+from button_ray.config import JUDGE_SCALE
 from button_ray.sink import OutputStore, committed_manifest, iter_committed
 
 CARD_FILE = "README.md"
@@ -140,6 +141,21 @@ def shape(run: RunStats) -> list[tuple[str, str, str]]:
     ]
 
 
+def judge_rows(run: RunStats) -> list[list[str]]:
+    """(axis, mean, count of each score) rows of the judge's scores of the committed
+    trajectories; none when the run did not judge (``method.judge`` off)."""
+    judge = summ.judge_scores(run.stats)
+    if not judge["judged"]:
+        return []
+    return [[axis, f"{judge['mean'][axis]:.2f}", *map(str, counts.values())]
+            for axis, counts in judge["counts"].items()]
+
+
+def _judge_headers(run: RunStats) -> list[str]:
+    scores = next(iter(summ.judge_scores(run.stats)["counts"].values()))
+    return ["axis", "mean", *(f"score {v}" for v in scores)]
+
+
 def dialogue(messages: list[dict[str, str]]) -> list[tuple[str, str]]:
     """(role, text) lines of a BUTTON record for reading; the long system prompt is summarised."""
     functions, parallel, _ = parse_button_messages(messages)
@@ -237,6 +253,7 @@ def card_markdown(run: RunStats, data_glob: bool = True) -> str:
         *[f"![{DISTRIBUTIONS[k][0]}]({PLOTS_DIR}/{k}.png)" for k in DISTRIBUTIONS], "",
         "Beside the shape BUTTONInstruct reports (8,000 trajectories made with GPT-4o):", "",
         _table(["measure", "this run", "BUTTONInstruct"], [list(r) for r in shape(run)]), "",
+        *_judge_section(run),
         "## Files", "",
         "- `data/*.parquet`: one row per trajectory: `messages` (the exact BUTTON record), "
         "`openai_messages` and `tools` (the same trajectory in the OpenAI tool-calling form; "
@@ -255,6 +272,19 @@ def card_markdown(run: RunStats, data_glob: bool = True) -> str:
     if not run.examples:
         out += ["No trajectory committed yet.", ""]
     return "\n".join(front + out)
+
+
+def _judge_section(run: RunStats) -> list[str]:
+    rows = judge_rows(run)
+    if not rows:
+        return []
+    judged = summ.judge_scores(run.stats)["judged"]
+    return ["## Judge scores", "",
+            f"An LLM judge scored each of the {judged} trajectories on helpfulness, the final answer's "
+            f"correctness against the tool results and the user's naturalness ({JUDGE_SCALE[0]}-"
+            f"{JUDGE_SCALE[1]}); dialogues under the run's threshold are in `rejected/` (stage "
+            "`dialogue_judge`). Per-record scores are the `judge_*` columns.", "",
+            _table(_judge_headers(run), rows), ""]
 
 
 def write_card(uri: str, storage_options: dict[str, Any] | None = None, examples: int = 3) -> RunStats:
@@ -296,6 +326,14 @@ def render_inspect(run: RunStats, out: TextIO | None = None) -> None:
     for row in shape(run):
         compare.add_row(*row)
     console.print(compare)
+    rows = judge_rows(run)
+    if rows:
+        judge = Table(title="Judge scores of the committed trajectories")
+        for col in _judge_headers(run):
+            judge.add_column(col, justify="left" if col == "axis" else "right")
+        for row in rows:
+            judge.add_row(*row)
+        console.print(judge)
     render_examples(run.examples, out)
 
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from button_ray.button_format import parse_button_record
 from button_ray.config import MethodConfig
-from button_ray.near_dup import NearDuplicateIndex, index_for
+from button_ray.near_dup import DuplicateCheck, check_for
 from button_ray.top_down.filter import filter_problem
 
 #: Stage of a line that is not a record at all.
@@ -43,7 +43,7 @@ def record_problem(record: Any, cfg: MethodConfig) -> tuple[str, str, str] | Non
 
 
 def _line_problem(
-    raw: bytes, lineno: int, cfg: MethodConfig, duplicates: NearDuplicateIndex | None
+    raw: bytes, lineno: int, cfg: MethodConfig, duplicates: DuplicateCheck | None
 ) -> tuple[str, str, str] | None:
     try:
         text = raw.decode("utf-8")
@@ -58,9 +58,11 @@ def _line_problem(
     problem = record_problem(record, cfg)
     if problem is None and duplicates is not None:
         # The opening user message states the composite task (the user agent's brief).
-        match = duplicates.add(f"line {lineno}", record["messages"][1]["content"])
-        if match is not None:
-            return DEDUP_STAGE, "near_duplicate", (f"the first user message nearly duplicates the one of kept "
+        found = duplicates.check_texts(f"line {lineno}", record["messages"][1]["content"], record["messages"])
+        if found is not None:
+            kind, match = found
+            what = "the first user message" if kind == "task" else "the dialogue"
+            return DEDUP_STAGE, "near_duplicate", (f"{what} nearly duplicates the one of kept "
                                                    f"{match.kept_id} (estimated similarity {match.similarity:.2f})")
     return problem
 
@@ -77,7 +79,7 @@ def filter_jsonl(
     """
     counts: Counter[str] = Counter()
     lines = kept = 0
-    duplicates = index_for(cfg.content)
+    duplicates = check_for(cfg.content)
     with open(in_path, "rb") as src, open(out_path, "wb") as out, tempfile.TemporaryFile("w+") as entries:
         for lines, raw in enumerate(src, start=1):
             problem = _line_problem(raw, lines, cfg, duplicates)

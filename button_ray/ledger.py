@@ -1,9 +1,10 @@
 """The driver's ledger: which items of which shard are durable, and when to commit.
 
 The driver never holds a trajectory. It receives one small outcome per finished item
-(:data:`button_ray.parts.Outcome`: its id, the part holding its row, its stats, its
-composite task), counts them per shard, runs the run-wide near-duplicate check on the
-composite tasks (the driver is the one place that sees every item), and once a shard's
+(:data:`button_ray.parts.Outcome`: its id, the part holding its row, its stats, the
+signature of its composite task), counts them per shard, runs the run-wide
+near-duplicate check on those signatures (the driver is the one place that sees every
+item; the writers hash, the driver only looks up), and once a shard's
 items are all durable hands out a :class:`CommitRequest`, which a commit task carries
 out (:func:`button_ray.parts.commit_from_parts`).
 """
@@ -17,9 +18,13 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from button_ray import summary as summ
-from button_ray.near_dup import NearDuplicateIndex
+from button_ray.near_dup import DuplicateCheck
 from button_ray.parts import Outcome
 from button_ray.sink import OutputStore, ShardPlan
+
+
+#: How a near duplicate's detail names what it duplicates, by kind of text compared.
+_LABELS = {"task": "composite task", "dialogue": "dialogue"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class ShardLedger:
     and :attr:`reached` turns true when the commits that got there are done.
     """
 
-    def __init__(self, duplicates: NearDuplicateIndex | None = None, target_accepted: int | None = None) -> None:
+    def __init__(self, duplicates: DuplicateCheck | None = None, target_accepted: int | None = None) -> None:
         self.duplicates = duplicates
         self.target_accepted = target_accepted
         self.plans: dict[str, ShardPlan] = {}
@@ -92,10 +97,11 @@ class ShardLedger:
         if outcome["id"] in got:
             return False, None
         if outcome["kind"] == "data" and self.duplicates is not None:
-            match = self.duplicates.add(outcome["id"], outcome.get("task") or "")
-            if match is not None:
+            found = self.duplicates.check_outcome(outcome["id"], outcome)
+            if found is not None:
+                kind, match = found
                 self.near.setdefault(shard, {})[outcome["id"]] = (
-                    f"composite task nearly duplicates record {match.kept_id} "
+                    f"{_LABELS[kind]} nearly duplicates record {match.kept_id} "
                     f"(estimated similarity {match.similarity:.2f})")
                 outcome = {**outcome, "stats": summ.as_near_duplicate(outcome["stats"])}
         got[outcome["id"]] = outcome
@@ -115,15 +121,15 @@ class ShardLedger:
         self._markers[marker["key"]] = marker
 
     def index_committed(self, store: OutputStore) -> None:
-        """Put the composite tasks of the committed shards into the near-duplicate index
-        (a resume), one shard's two columns at a time."""
+        """Put the committed shards' records into the near-duplicate check (a resume), one
+        shard's columns at a time."""
         if self.duplicates is None:
             return
         for marker in self.markers.values():
             raw = store.read_bytes(marker["files"]["data"]["path"])
-            table = pq.read_table(io.BytesIO(raw), columns=["record_id", "composite_task"])
-            for record_id, task in zip(table["record_id"].to_pylist(), table["composite_task"].to_pylist()):
-                self.duplicates.add(record_id, task or "")
+            table = pq.read_table(io.BytesIO(raw), columns=["record_id", "composite_task", "messages"])
+            for record_id, task, messages in zip(*(table[c].to_pylist() for c in table.column_names)):
+                self.duplicates.check_texts(record_id, task or "", messages or [])
 
     def missing(self) -> dict[str, int]:
         """Items not delivered, per shard neither committed nor being committed."""

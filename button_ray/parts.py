@@ -1,14 +1,15 @@
 """Parts: finished items made durable where they finish; shards committed from them.
 
-Trajectories never pass through the driver. The simulation actor that finishes a
-block of items writes them as part objects before it reports them::
+Trajectories never pass through the driver. The simulation actor writes each item
+as a part object the moment it finishes (:class:`GroupWriter`: items that finish
+together share a part), before it reports it::
 
     _parts/<shard>/<kind>-<uuid>.parquet    rows of one shard, in the final schema of
                                             ``kind`` (data or rejected), one PUT each
 
 and tells the driver only each item's :data:`Outcome` (id, part, one-item stats, and
-the composite task for the near-duplicate check). Every outcome the driver sees is
-therefore durable. When all items of a shard are, a commit task reads the parts the
+the signature of its composite task for the near-duplicate check). Every outcome the
+driver sees is therefore durable. When all items of a shard are, a commit task reads the parts the
 driver chose (one per item: a retried block may have written an item twice), writes
 the shard's data and rejected files and its marker exactly as before
 (:meth:`~button_ray.sink.OutputStore.commit_shard`), then deletes the parts whose
@@ -20,6 +21,7 @@ live outside ``data/`` and ``rejected/`` and the manifest never names them.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -33,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from button_ray import summary as summ
+from button_ray.near_dup import Signer
 from button_ray.records import ACCEPTED_SCHEMA, REJECTED_SCHEMA, WorkItem, item_row, to_table
 from button_ray.sink import OutputStore, ShardPlan
 from button_ray.storage import Storage
@@ -48,16 +51,20 @@ _READERS = 16
 
 #: What the driver learns of a finished item: ``id``, ``shard``, ``part`` (the object
 #: holding its row), ``kind`` (data or rejected), ``stats`` (the item alone, in
-#: :mod:`button_ray.summary` form) and ``task`` (the composite task of an emitted item).
+#: :mod:`button_ray.summary` form) and, for an emitted item when the run checks near
+#: duplicates, ``task_sig`` and ``dialogue_sig`` (MinHash signatures of its composite
+#: task and dialogue, :class:`button_ray.near_dup.Signer`: the writer hashes, the driver
+#: only looks up).
 Outcome = dict[str, Any]
 
 
 class PartWriter:
     """Writes finished items as part objects (in the stage actor that finished them)."""
 
-    def __init__(self, store: Storage, lineage: dict[str, Any]) -> None:
+    def __init__(self, store: Storage, lineage: dict[str, Any], signer: Signer | None = None) -> None:
         self.store = store
         self.lineage = lineage
+        self.signer = signer
 
     def write(self, finished: Iterable[tuple[str, WorkItem]]) -> list[Outcome]:
         """Write the ``(shard, item)`` pairs, one part per shard and kind; their outcomes.
@@ -67,9 +74,11 @@ class PartWriter:
         groups: dict[tuple[str, str], list[tuple[WorkItem, Outcome]]] = defaultdict(list)
         for shard, item in finished:
             kind = "data" if item.outcome == "emitted" else "rejected"
-            task = item.bundle.composition.composite_task if kind == "data" and item.bundle else None
-            groups[(shard, kind)].append((item, {"id": item.item_id, "shard": shard, "kind": kind,
-                                                 "stats": summ.item_stats(item), "task": task}))
+            outcome = {"id": item.item_id, "shard": shard, "kind": kind, "stats": summ.item_stats(item)}
+            if kind == "data" and self.signer is not None:
+                task = item.bundle.composition.composite_task if item.bundle else ""
+                outcome.update(self.signer.signatures(task, item.messages))
+            groups[(shard, kind)].append((item, outcome))
         outcomes: list[Outcome] = []
         for (shard, kind), pairs in groups.items():
             rel = f"{PARTS_DIR}/{shard}/{kind}-{uuid.uuid4().hex}.parquet"
@@ -85,6 +94,38 @@ class PartWriter:
                 raise self.store.storage_error(exc, f"could not store the finished items of shard {shard}") from exc
             outcomes.extend({**o, "part": rel} for o in stored)
         return outcomes
+
+
+class GroupWriter:
+    """A :class:`PartWriter` for many concurrent items: each finished item is written at
+    once, never held back by the slower items of its block; items that finish while a
+    write runs go together in the next one (group commit: one PUT per shard and kind for
+    all of them), so the writes per item fall as the actor gets busier.
+    """
+
+    def __init__(self, writer: PartWriter) -> None:
+        self.writer = writer
+        self._waiting: list[tuple[str, WorkItem, asyncio.Future[Outcome]]] = []
+        self._lock = asyncio.Lock()
+
+    async def write(self, shard: str, item: WorkItem) -> Outcome:
+        """Store ``item`` (of ``shard``); its outcome once it is durable."""
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiting.append((shard, item, done))
+        async with self._lock:
+            if not done.done():  # else an earlier holder of the lock wrote it
+                group, self._waiting = self._waiting, []
+                try:
+                    # Storage calls block: in a thread, the actor's other items keep running.
+                    outcomes = await asyncio.to_thread(self.writer.write, [(s, i) for s, i, _ in group])
+                except BaseException as exc:
+                    for _, _, waiting in group:
+                        if waiting is not done:
+                            waiting.set_exception(exc)
+                    raise
+                for (_, _, waiting), outcome in zip(group, outcomes):
+                    waiting.set_result(outcome)
+        return await done
 
 
 def _part_outcomes(store: Storage, path: str) -> list[Outcome]:

@@ -31,7 +31,7 @@ from button_ray.commits import Commits
 from button_ray.ledger import ShardLedger
 from button_ray.llm.pool import metrics_within
 from button_ray.llm.replica import Pools, start_pools, stop_pools
-from button_ray.near_dup import index_for
+from button_ray.near_dup import check_for
 from button_ray.parts import PARTS_DIR, Outcome, durable_outcomes
 from button_ray.plan import expected_shortfall, pool_shortfall, round_scenarios
 from button_ray.preflight import Preflight, preflight, recorded_config
@@ -128,7 +128,7 @@ def run_generate(cfg: RunConfig, limit: int | None = None, target_accepted: int 
     committed = store.committed()
     requested = [s.scenario_id for s in pre.scenarios]
     # Every committed shard stays in the manifest, also those beyond this run's limit.
-    ledger = ShardLedger(duplicates=index_for(cfg.method.content), target_accepted=target_accepted)
+    ledger = ShardLedger(duplicates=check_for(cfg.method.content), target_accepted=target_accepted)
     ledger.markers = dict(committed)
     commits = Commits(store, fingerprint, ledger)
     covered = covered_scenarios(committed.values()) & set(requested)
@@ -304,9 +304,10 @@ def _stream(cfg: RunConfig, pools: Pools, source: ItemSource, lineage: dict[str,
 
     set_data_context()
     rt = cfg.runtime
-    # One small block per Ray Data task: the actor holds many tasks at once, and a
-    # slow item only delays the few rows of its own block.
-    rows_per_block = rt.batch_size  # 1-4, checked by RuntimeConfig
+    # The driver's executor pays per block: larger blocks make it cheaper per item. A
+    # finished item is durable at once (the writer does not wait for its block); a slow
+    # item only holds back the rows of its own block on their way to the next stage.
+    rows_per_block = rt.batch_size
     # items_in_flight_per_actor counts items; each actor call carries a block of them.
     calls_per_actor = -(-rt.items_in_flight_per_actor // rows_per_block)
     window = source_window(rt, source.max_shard_items)

@@ -158,6 +158,20 @@ class TrajectoryStats(Frozen):
     completion_tokens: int
 
 
+#: The axes the dialogue judge scores (``method.judge``), the fields of :class:`JudgeScores`.
+JUDGE_AXES = ("helpfulness", "correctness", "naturalness")
+
+
+class JudgeScores(Frozen):
+    """The dialogue judge's verdict (``method.judge``): a score per axis on
+    ``config.JUDGE_SCALE`` and its short reason."""
+
+    helpfulness: int
+    correctness: int
+    naturalness: int
+    reason: str = ""
+
+
 class WorkItem(BaseModel):
     """One item as it moves through the pipeline (serialized between Ray stages)."""
 
@@ -174,6 +188,7 @@ class WorkItem(BaseModel):
     stats: TrajectoryStats | None = None
     messages: tuple[dict[str, str], ...] = ()
     rejection: Rejection | None = None
+    judge: JudgeScores | None = None
     error: str | None = None
     usage: dict[str, StageUsage] = Field(default_factory=dict)
 
@@ -227,6 +242,14 @@ _ITEM_FIELDS = [
     pa.field("scenario", pa.string()),
     pa.field("slot", pa.int32()),
 ]
+# Null when the judge is off or did not score the item (it runs only on dialogues every
+# other rule accepted); a dialogue it rejected keeps its scores in the rejected table.
+_JUDGE_FIELDS = [
+    pa.field("judge_helpfulness", pa.int8(), metadata={"doc": "dialogue judge, 1-5"}),
+    pa.field("judge_correctness", pa.int8(), metadata={"doc": "dialogue judge, 1-5"}),
+    pa.field("judge_naturalness", pa.int8(), metadata={"doc": "dialogue judge, 1-5"}),
+    pa.field("judge_reason", pa.string()),
+]
 _USAGE_FIELDS = [
     pa.field("llm_calls", pa.int32()),
     pa.field("prompt_tokens", pa.int64()),
@@ -253,6 +276,7 @@ ACCEPTED_SCHEMA = pa.schema(
         pa.field("calls", pa.int32()),
         pa.field("calls_per_turn", pa.list_(pa.int32())),
         pa.field("clarifications", pa.int32()),
+        *_JUDGE_FIELDS,
         *_USAGE_FIELDS,
         *LINEAGE_FIELDS,
     ]
@@ -266,6 +290,7 @@ REJECTED_SCHEMA = pa.schema(
         pa.field("reason", pa.string()),
         pa.field("detail", pa.string()),
         *_ITEM_FIELDS,
+        *_JUDGE_FIELDS,
         *_USAGE_FIELDS,
         *LINEAGE_FIELDS,
     ]
@@ -285,6 +310,13 @@ def _usage_totals(item: WorkItem) -> tuple[int, int, int]:
     )
 
 
+def _judge_columns(judge: JudgeScores | None) -> dict[str, Any]:
+    if judge is None:
+        return {}
+    return {"judge_helpfulness": judge.helpfulness, "judge_correctness": judge.correctness,
+            "judge_naturalness": judge.naturalness, "judge_reason": judge.reason}
+
+
 def item_row(item: WorkItem, lineage: dict[str, Any]) -> dict[str, Any]:
     """The output row of a finished item (accepted or rejected table, by outcome)."""
     calls, prompt_tokens, completion_tokens = _usage_totals(item)
@@ -300,6 +332,7 @@ def item_row(item: WorkItem, lineage: dict[str, Any]) -> dict[str, Any]:
         "models": json.dumps(lineage["models"], ensure_ascii=False),
         "template_hashes": json.dumps(lineage["template_hashes"], ensure_ascii=False),
         "seed": item.seed,
+        **_judge_columns(item.judge),
     }
     if item.outcome == "emitted":
         # Imported here: formats reaches records again through the trajectory filter's types.

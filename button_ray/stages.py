@@ -25,7 +25,8 @@ from button_ray.config import MethodConfig, ScenarioConfig
 from button_ray.errors import LLMUnavailableError
 from button_ray.llm.pool import PoolClient
 from button_ray.llm.replica import Pools
-from button_ray.parts import PartWriter
+from button_ray.near_dup import check_for
+from button_ray.parts import GroupWriter, PartWriter, durable_outcomes
 from button_ray.records import WorkItem
 from button_ray.storage import Storage
 
@@ -79,20 +80,32 @@ class BottomUpStage(ItemStage):
 
 
 class SimulationStage(ItemStage):
-    """The simulation stage and the writer: finished items become parts in the output
-    (before the call returns, so every reported outcome is durable); the call returns
-    one small outcome row per item."""
+    """The simulation stage and the writer: each finished item becomes a part in the
+    output as soon as it finishes (not when its block does), and the call returns one
+    small outcome row per item once all are durable."""
 
     def __init__(self, stage: str, method: MethodConfig, pools: Pools, affinity: bool = True, *,
                  output_uri: str, storage_options: dict[str, Any], lineage: dict[str, Any]) -> None:
+        import ray
+
         super().__init__(stage, method, pools, affinity)
-        self.writer = PartWriter(Storage(output_uri, storage_options), lineage)
+        store = Storage(output_uri, storage_options)
+        check = check_for(method.content)
+        self.writer = GroupWriter(PartWriter(store, lineage, check.signer if check else None))
+        # Restarted after a crash, this actor gets the crashed one's blocks again, and
+        # parts hold the items it finished (a block's items are stored one by one): those
+        # are reported from their parts, not run again.
+        self.stored = durable_outcomes(store) if ray.get_runtime_context().was_current_actor_reconstructed else {}
+
+    async def _finish(self, shard: str, raw: str) -> str:
+        outcome = self.stored.get(WorkItem.model_validate_json(raw).item_id) if self.stored else None
+        if outcome is None:
+            outcome = await self.writer.write(shard, await self._run(raw))
+        return json.dumps(outcome, ensure_ascii=False)
 
     async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        items = await asyncio.gather(*(self._run(raw) for raw in batch["item"]))
-        # Storage calls block: in a thread, the actor's other items keep running.
-        outcomes = await asyncio.to_thread(self.writer.write, zip((str(s) for s in batch["shard"]), items))
-        return {"outcome": [json.dumps(o, ensure_ascii=False) for o in outcomes]}
+        outcomes = await asyncio.gather(*(self._finish(str(s), raw) for s, raw in zip(batch["shard"], batch["item"])))
+        return {"outcome": list(outcomes)}
 
 
 class ScenarioStage:

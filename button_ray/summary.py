@@ -12,12 +12,15 @@ import time
 from collections import Counter
 from typing import Any, Callable, Iterable, TextIO
 
+from button_ray.config import JUDGE_SCALE
 from button_ray.llm.contract import ROLES
-from button_ray.records import WorkItem
+from button_ray.records import JUDGE_AXES, WorkItem
 
-#: Stage order of the method (the item-level roles, then the simulation's own checks, then
-#: the run-wide near-duplicate check); rejections are reported against these names.
-STAGE_ORDER = (*(r for r in ROLES if not r.startswith("scenario_")), "simulation", "trajectory_filter", "dedup")
+#: Stage order of the method (the item-level roles, then the simulation's own checks, the
+#: dialogue judge, which runs on what they accept, and the run-wide near-duplicate check);
+#: rejections are reported against these names.
+STAGE_ORDER = (*(r for r in ROLES if not r.startswith("scenario_") and r != "dialogue_judge"),
+               "simulation", "trajectory_filter", "dialogue_judge", "dedup")
 
 
 #: Counts over emitted trajectories (the dialogue shape the data teaches).
@@ -27,7 +30,19 @@ SHAPE_KEYS = ("trajectories", "calls", "calling_turns", "parallel_trajectories",
 
 def new_stats() -> dict[str, Any]:
     return {"items": 0, "emitted": 0, "failed": 0, "rejected": {}, "errors": {}, "usage": {},
-            "shape": dict.fromkeys(SHAPE_KEYS, 0)}
+            "shape": dict.fromkeys(SHAPE_KEYS, 0), "judge": _new_judge()}
+
+
+def _new_judge() -> dict[str, Any]:
+    # Over emitted trajectories: how many the judge scored, and per axis the count of
+    # each score of the scale (lists add up across shards).
+    return {"judged": 0, **{axis: [0] * (JUDGE_SCALE[1] - JUDGE_SCALE[0] + 1) for axis in JUDGE_AXES}}
+
+
+def _add_judge(total: dict[str, Any], judge: dict[str, Any]) -> None:
+    total["judged"] += judge["judged"]
+    for axis in JUDGE_AXES:
+        total[axis] = [a + b for a, b in zip(total[axis], judge[axis])]
 
 
 def _add_shape(shape: dict[str, int], item: WorkItem) -> None:
@@ -55,6 +70,11 @@ def add_item(stats: dict[str, Any], item: WorkItem) -> None:
     if item.outcome == "emitted":
         stats["emitted"] += 1
         _add_shape(stats.setdefault("shape", dict.fromkeys(SHAPE_KEYS, 0)), item)
+        if item.judge is not None:
+            judge = stats.setdefault("judge", _new_judge())
+            judge["judged"] += 1
+            for axis in JUDGE_AXES:
+                judge[axis][getattr(item.judge, axis) - JUDGE_SCALE[0]] += 1
     elif item.outcome == "rejected" and item.rejection is not None:
         by_reason = stats["rejected"].setdefault(item.rejection.stage, {})
         by_reason[item.rejection.reason] = by_reason.get(item.rejection.reason, 0) + 1
@@ -78,7 +98,7 @@ def item_stats(item: WorkItem) -> dict[str, Any]:
 
 def as_near_duplicate(stats: dict[str, Any]) -> dict[str, Any]:
     """One emitted item's stats (:func:`item_stats`) once the run-wide check rejects it."""
-    return {**stats, "emitted": 0, "shape": dict.fromkeys(SHAPE_KEYS, 0),
+    return {**stats, "emitted": 0, "shape": dict.fromkeys(SHAPE_KEYS, 0), "judge": _new_judge(),
             "rejected": {"dedup": {"near_duplicate": 1}}}
 
 
@@ -96,6 +116,8 @@ def add_stats(total: dict[str, Any], s: dict[str, Any]) -> None:
     # Stats written before the shape was counted have none.
     for key, n in s.get("shape", {}).items():
         total["shape"][key] = total["shape"].get(key, 0) + n
+    if "judge" in s:  # likewise the judge's scores
+        _add_judge(total.setdefault("judge", _new_judge()), s["judge"])
     for role, u in s["usage"].items():
         acc = total["usage"].setdefault(role, {k: 0 for k in u})
         for k, v in u.items():
@@ -134,6 +156,19 @@ def shape(stats: dict[str, Any]) -> dict[str, Any]:
         counts["parallel_calls"] / counts["parallel_calling_turns"] if counts["parallel_calling_turns"] else 0.0
     )
     return counts
+
+
+def judge_scores(stats: dict[str, Any]) -> dict[str, Any]:
+    """The judge's scores of the emitted trajectories: how many it scored, and per axis
+    the mean and the count of each score (``{"1": n, ...}``); judged 0 when it was off."""
+    judge = stats.get("judge") or _new_judge()
+    out: dict[str, Any] = {"judged": judge["judged"], "mean": {}, "counts": {}}
+    for axis in JUDGE_AXES:
+        scores = range(JUDGE_SCALE[0], JUDGE_SCALE[1] + 1)
+        out["counts"][axis] = {str(v): n for v, n in zip(scores, judge[axis])}
+        total = sum(v * n for v, n in zip(scores, judge[axis]))
+        out["mean"][axis] = total / judge["judged"] if judge["judged"] else 0.0
+    return out
 
 
 def totals(stats: dict[str, Any]) -> dict[str, int]:
@@ -179,6 +214,11 @@ def render(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
             f"{sh['parallel_trajectories']} of {sh['trajectories']}), {sh['clarifications']} clarifications, "
             f"{sh['subtasks_without_function']} of {sh['subtasks']} sub-tasks without a function"
         )
+    judge = summary.get("judge")
+    if judge and judge["judged"]:
+        means = ", ".join(f"{axis} {m:.2f}" for axis, m in judge["mean"].items())
+        console.print(f"judge scores of {judge['judged']} emitted dialogues (mean, {JUDGE_SCALE[0]}-"
+                      f"{JUDGE_SCALE[1]}): {means}")
 
 
 def build_summary(stats: dict[str, Any], wall_time_s: float, attempt_stats: dict[str, Any]) -> dict[str, Any]:
@@ -196,6 +236,7 @@ def build_summary(stats: dict[str, Any], wall_time_s: float, attempt_stats: dict
         "errors": stats["errors"],
         "funnel": funnel(stats),
         "shape": shape(stats),
+        "judge": judge_scores(stats),
         # Of the trajectories that passed every other filter, the share that were near-duplicates.
         "duplicate_rate": duplicates / (duplicates + stats["emitted"]) if duplicates else 0.0,
         "usage_by_role": stats["usage"],

@@ -40,6 +40,7 @@ VARIABLES: dict[str, frozenset[str]] = {
         {"part", "system_prompt", "subtasks", "subtask_functions", "parallel", "independent", "results"}
     ),
     "tool_agent.j2": frozenset({"function", "call"}),
+    "dialogue_judge.j2": frozenset({"dialogue", "scale_min", "scale_max"}),
 }
 
 #: BUTTON's system prompt (``docs/format.md``) is part of the output format, not a prompt

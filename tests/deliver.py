@@ -19,7 +19,8 @@ def deliver(store: OutputStore, ledger: ShardLedger, shard: str, items: Iterable
     """Write ``items`` as one block's parts and hand their outcomes to ``ledger``; whether
     each was new to it."""
     taken = []
-    for outcome in PartWriter(store, lineage).write((shard, i) for i in items):
+    signer = ledger.duplicates.signer if ledger.duplicates is not None else None
+    for outcome in PartWriter(store, lineage, signer).write((shard, i) for i in items):
         new, request = ledger.add(shard, outcome)
         taken.append(new)
         if request is not None:

@@ -63,11 +63,16 @@ class OracleEngine:
     - ``latency_s``: sleep per request (simulates engine time);
     - ``latency_by_request``: {request id: seconds} overriding ``latency_s`` (a slow or
       hung request among normal ones);
+    - ``slow_share`` and ``slow_latency_s``: about this share of the items (by a hash of
+      ``slow_salt`` and the item id) take ``slow_latency_s`` per request instead:
+      stragglers among the items of one block (:meth:`slow`);
     - ``garbage``: answer every request with unparseable text;
     - ``garbage_requests``: request id prefixes answered with unparseable text (every
       attempt of those requests: one row that never parses among good ones);
     - ``judge_no_share``: the judge says no to about this share of the items (chosen by
       a hash of the item id, so the same items every run): a yield below 1;
+    - ``judge_low_share``: the dialogue judge scores about this share of the dialogues 1
+      on every axis (chosen like ``judge_no_share``);
     - ``fail_start``: the engine never starts (constructor-time failure);
     - ``start_latency_s``: seconds the engine takes to start (a model loading);
     - ``restart_latency_s``: the same, only in a restarted replica actor;
@@ -121,7 +126,9 @@ class OracleEngine:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self._trace("start", request)
         try:
-            latency = self.extra.get("latency_by_request", {}).get(request.request_id, self.extra.get("latency_s", 0.0))
+            latency = self.extra.get("slow_latency_s") if self.slow(self.extra, request.request_id.split("/")[0]) \
+                else self.extra.get("latency_s", 0.0)
+            latency = self.extra.get("latency_by_request", {}).get(request.request_id, latency)
             await asyncio.sleep(float(latency))
         finally:
             self.in_flight -= 1
@@ -152,14 +159,22 @@ class OracleEngine:
             return "I am not sure what you mean."
         if request.role == "composition_filter" and self._judged_no(request.request_id.split("/")[0]):
             return json.dumps({"reasoning": "The sub-tasks do not add up to the composite task.", "verdict": "no"})
+        if request.role == "dialogue_judge" and self._judged_no(request.request_id.split("/")[0],
+                                                                 "judge_low_share"):
+            return json.dumps({"reason": "The final answer ignores the tool results.",
+                               "helpfulness": 1, "correctness": 1, "naturalness": 1})
         text = bottom_up.respond(request) or top_down.respond(request)
         if text is None:
             raise AssertionError(f"no oracle answers role {request.role}")
         return text
 
-    def _judged_no(self, item_id: str) -> bool:
-        share = float(self.extra.get("judge_no_share", 0.0))
-        return share > 0 and int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) / 16**8 < share
+    def _judged_no(self, item_id: str, key: str = "judge_no_share") -> bool:
+        return _in_share(item_id, float(self.extra.get(key, 0.0)))
+
+    @staticmethod
+    def slow(extra: dict, item_id: str) -> bool:
+        """Whether the engine with ``extra`` answers ``item_id``'s requests slowly."""
+        return _in_share(f"{extra.get('slow_salt', '')}{item_id}", float(extra.get("slow_share", 0.0)))
 
     def metrics(self) -> dict:
         return {"requests": self.requests, "affinity_keys": sorted(self.affinity_keys),
@@ -177,6 +192,10 @@ class EchoEngine(OracleEngine):
 
     def _answer(self, request: LLMRequest) -> str:
         return request.request_id
+
+
+def _in_share(item_id: str, share: float) -> bool:
+    return share > 0 and int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) / 16**8 < share
 
 
 def read_traces(trace_dir: str) -> dict[int, list[tuple[str, str, str, str]]]:

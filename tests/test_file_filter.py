@@ -110,3 +110,23 @@ def test_filter_drops_near_duplicates_naming_the_kept_line(tmp_path: Path) -> No
     assert "line 1" in entry["detail"]
     assert main(["filter", str(src), str(out), "--set", "method.content.near_duplicate_threshold=null"]) == 0
     assert out.read_bytes() == src.read_bytes()
+
+
+def test_filter_drops_whole_dialogue_duplicates_when_asked(tmp_path: Path) -> None:
+    """A record whose dialogue repeats a kept one's (its opening words changed: 0.94) is
+    dropped by the dialogue check at 0.9, naming the kept line, and one in another city
+    (0.81) is kept; the check is off by default."""
+    first, other = good_records(2)
+    copy = json.loads(json.dumps(first))
+    copy["messages"][1]["content"] = "Hello there, good morning to you! " + copy["messages"][1]["content"]
+    src, out, report = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "report.json"
+    src.write_bytes(line(first) + line(other) + line(copy))
+    tasks_off = ["--set", "method.content.near_duplicate_threshold=null"]
+    assert main(["filter", str(src), str(out), *tasks_off]) == 0
+    assert out.read_bytes() == src.read_bytes()
+    assert main(["filter", str(src), str(out), "--report", str(report), *tasks_off,
+                 "--set", "method.content.near_duplicate_dialogue_threshold=0.9"]) == 0
+    assert out.read_bytes() == line(first) + line(other)
+    (entry,) = json.loads(report.read_text())["dropped_records"]
+    assert (entry["line"], entry["stage"], entry["reason"]) == (3, "dedup", "near_duplicate")
+    assert entry["detail"].startswith("the dialogue nearly duplicates the one of kept line 1")

@@ -26,6 +26,57 @@ def random_text(rng: random.Random, n: int = 25) -> str:
     return " ".join(rng.choices(WORDS, k=n))
 
 
+def test_a_signature_made_elsewhere_finds_the_same_duplicates() -> None:
+    """The writers sign with their own Signer, the driver's check only looks up: the two
+    must agree, also through the outcome's text encoding."""
+    check = near_dup.check_for(ContentConfig())
+    writer = near_dup.Signer(ContentConfig())
+    assert check.check_texts("first", TASK, []) is None
+    sent = writer.signatures(TASK.replace("email address", "email"), [])
+    assert set(sent) == {"task_sig"} and len(sent["task_sig"]) < 400
+    kind, match = check.check_outcome("near", sent)
+    assert kind == "task" and match.kept_id == "first"
+    other = writer.signatures("Track my parcel 1Z999 to Oslo and reschedule its delivery for Friday.", [])
+    assert check.check_outcome("other", other) is None
+    assert near_dup.check_for(ContentConfig(near_duplicate_threshold=None)) is None
+
+
+def _dialogue(request: str, answer: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "You can call these functions: " + " ".join(WORDS[:300])},
+            {"role": "user", "content": request},
+            {"role": "assistant", "content": "I will look that up for you with the hotel search function."},
+            {"role": "tool", "content": '{"hotels": ["Casa Azul", "Hotel Tejo"], "cheapest": "Casa Azul"}'},
+            {"role": "assistant", "content": answer}]
+
+
+def test_whole_dialogues_are_compared_when_asked_and_a_duplicate_is_kept_in_neither_index() -> None:
+    """Two records with different composite tasks but the same dialogue: the dialogue
+    check rejects the second, naming the first; a record rejected by either check enters
+    neither index (its task is no reference for later records); the system prompt, shared
+    by many dialogues, is not compared."""
+    both = near_dup.check_for(ContentConfig(near_duplicate_dialogue_threshold=0.8))
+    tasks_only = near_dup.check_for(ContentConfig())
+    answer = ("Casa Azul is the cheapest hotel in Lisbon with free cancellation on 3 June; I booked it for two "
+              "people and sent the confirmation to your email address, reference number 4471.")
+    first = _dialogue(TASK, answer)
+    # Another composite task, the same conversation but for one word.
+    copy = _dialogue(TASK.replace("email address", "inbox"), answer)
+    for check in (both, tasks_only):
+        assert check.check_texts("first", TASK, first) is None
+    kind, match = both.check_texts("copy", "Book a hotel room in Lisbon for two.", copy)
+    assert (kind, match.kept_id) == ("dialogue", "first")
+    assert tasks_only.check_texts("copy", "Book a hotel room in Lisbon for two.", copy) is None
+    # The rejected copy's task was not indexed: the same task with a new dialogue is kept.
+    fresh = _dialogue("Book a hotel room in Lisbon for two.",
+                      "Hotel Tejo has a double room on 3 June at 96 euros a night; shall I book it for you?")
+    assert both.check_texts("later", "Book a hotel room in Lisbon for two.", fresh) is None
+    # Dialogues sharing only their system prompt are not duplicates.
+    other = _dialogue("What is the weather in Oslo tomorrow afternoon, and should I take an umbrella?",
+                      "Tomorrow afternoon in Oslo: 4 degrees with light rain from 14:00, so take an umbrella.")
+    assert both.check_texts("oslo", "Weather in Oslo", other) is None
+    assert both.indexes["dialogue"].size == 3 and both.indexes["task"].size == 3
+
+
 def test_exact_and_near_duplicates_name_the_kept_text() -> None:
     index = NearDuplicateIndex(0.8)
     assert index.add("first", TASK) is None
@@ -103,7 +154,7 @@ def test_the_ledger_rejects_near_duplicates_also_of_committed_shards(tmp_path) -
     uri = str(tmp_path / "out")
     store = OutputStore(uri)
     store.preflight()
-    ledger = ShardLedger(duplicates=NearDuplicateIndex(0.8))
+    ledger = ShardLedger(duplicates=near_dup.check_for(ContentConfig()))
     ledger.add_plans([first])
     a, b = _emitted_items(first.key, scenarios[:2], [TASK, TASK.replace("email address", "email")])
     deliver(store, ledger, first.key, [a, b])
@@ -114,7 +165,7 @@ def test_the_ledger_rejects_near_duplicates_also_of_committed_shards(tmp_path) -
     assert ledger.markers[first.key]["stats"]["rejected"] == {"dedup": {"near_duplicate": 1}}
 
     # A resume: the committed tasks are indexed again before new items arrive.
-    resumed = ShardLedger(duplicates=NearDuplicateIndex(0.8))
+    resumed = ShardLedger(duplicates=near_dup.check_for(ContentConfig()))
     resumed.markers = store.committed()
     resumed.index_committed(store)
     resumed.add_plans([second])

@@ -12,7 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from button_ray.button_format import validate_button_record
-from button_ray.config import EngineConfig, MethodConfig, OutputConfig, PoolConfig, RunConfig, ScenarioConfig
+from button_ray.config import (
+    EngineConfig,
+    JudgeConfig,
+    MethodConfig,
+    OutputConfig,
+    PoolConfig,
+    RunConfig,
+    ScenarioConfig,
+)
 from button_ray.errors import EngineStartError, OutputError
 from button_ray.pipeline import run_generate
 from button_ray.sink import OutputStore, read_committed
@@ -56,6 +64,9 @@ def test_generate_writes_committed_shards_and_exact_format(ray_local, tmp_path):
     assert (out / "_SUCCESS").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["funnel"][0]["in"] == 12
+    # The judge is off by default: no call, null scores.
+    assert "dialogue_judge" not in summary["usage_by_role"] and summary["judge"]["judged"] == 0
+    assert table.column("judge_helpfulness").null_count == table.num_rows
     # Two shards of <= 4 scenarios each, each with a marker and both tables.
     markers = list((out / "_commits").iterdir())
     assert len(markers) == 2
@@ -335,3 +346,20 @@ def test_finished_run_carries_the_training_forms_and_a_dataset_card(ray_local, t
     card = (out / "README.md").read_text()
     assert card.startswith("---\nconfigs:") and f"{result['emitted']} trajectories generated" in card
     assert "| assistant_agent | `oracle-engine` |" in card and len(list((out / "card").glob("*.png"))) == 5
+
+
+def test_the_dialogue_judge_scores_every_dialogue_and_rejects_the_low_ones(ray_local, tmp_path):
+    out = tmp_path / "run"
+    cfg = _cfg(out, n=4, judge_low_share=0.5)
+    cfg = cfg.model_copy(update={"method": cfg.method.model_copy(update={"judge": JudgeConfig(enabled=True)})})
+    result = run_generate(cfg)
+    judged = next(row for row in result["funnel"] if row["stage"] == "dialogue_judge")
+    assert judged["reasons"].keys() == {"judge_low_score"} and 0 < judged["rejected"] < judged["in"]
+    assert result["usage_by_role"]["dialogue_judge"]["calls"] == judged["in"]
+    data = read_committed(str(out), "data").to_pylist()
+    assert data and all((r["judge_helpfulness"], r["judge_correctness"], r["judge_naturalness"]) == (5, 5, 4)
+                        for r in data)
+    low = [r for r in read_committed(str(out), "rejected").to_pylist() if r["stage"] == "dialogue_judge"]
+    assert len(low) == judged["rejected"] and all(r["judge_correctness"] == 1 and r["judge_reason"] for r in low)
+    assert result["judge"]["judged"] == result["emitted"] and result["judge"]["mean"]["naturalness"] == 4.0
+    assert "## Judge scores" in (out / "README.md").read_text()

@@ -118,23 +118,30 @@ def test_preflight_unwritable(tmp_path):
         store.preflight()
 
 
+def _one_shard_of_failed_items(tmp_path, n_scenarios: int):
+    """One shard of ``n_scenarios`` x 2 items, each failed (a small row), and an empty output."""
+    from button_ray.records import Scenario, WorkItem
+    from button_ray.source import shard_items
+
+    scenarios = [Scenario(scenario_id=f"s{i}", text=f"Scenario {i}", source="x.txt") for i in range(n_scenarios)]
+    (plan,) = plan_shards("fp", [s.scenario_id for s in scenarios], n_scenarios, slots=2)
+    items = [WorkItem.model_validate_json(r["item"]) for r in shard_items("fp", 0, plan.key, scenarios, 2)]
+    for item in items:
+        item.fail("scripted")
+    store = OutputStore(str(tmp_path / "out"))
+    store.preflight()
+    return plan, items, store
+
+
 def test_the_ledger_counts_a_redelivered_item_once_and_commits_from_parts(tmp_path):
     """Items arrive as parts (one per delivered block), out of order, one twice before the
     commit and once after it (at-least-once execution): the shard commits every item
     once, in plan order, and its spent parts are deleted after the marker."""
     from button_ray.ledger import ShardLedger
     from button_ray.parts import PARTS_DIR, durable_outcomes
-    from button_ray.records import Scenario, WorkItem
-    from button_ray.source import shard_items
     from tests.deliver import deliver
 
-    scenarios = [Scenario(scenario_id=f"s{i}", text=f"Scenario {i}", source="x.txt") for i in range(3)]
-    (plan,) = plan_shards("fp", [s.scenario_id for s in scenarios], 4, slots=2)
-    items = [WorkItem.model_validate_json(r["item"]) for r in shard_items("fp", 0, plan.key, scenarios, 2)]
-    for item in items:
-        item.fail("scripted")
-    store = OutputStore(str(tmp_path / "out"))
-    store.preflight()
+    plan, items, store = _one_shard_of_failed_items(tmp_path, 3)
     ledger = ShardLedger()
     ledger.add_plans([plan])
     taken = deliver(store, ledger, plan.key, [items[0], *reversed(items[2:])])
@@ -162,3 +169,57 @@ def test_a_complete_run_leaves_no_parts(tmp_path):
     store.remove_tree(PARTS_DIR)
     assert not (tmp_path / "out" / PARTS_DIR).exists()
     store.remove_tree(PARTS_DIR)  # nothing there: no error
+
+
+def test_the_group_writer_stores_each_item_when_it_finishes_and_groups_the_busy_ones(tmp_path):
+    """One block of items: a slow item does not hold the others back (their parts exist
+    while it still runs), items finishing while a write runs share the next write, and
+    every outcome names a part that holds its item."""
+    import asyncio
+    import threading
+
+    from button_ray.parts import PARTS_DIR, GroupWriter, PartWriter, durable_outcomes
+    from button_ray.records import WorkItem
+    from tests.deliver import LINEAGE
+
+    plan, items, store = _one_shard_of_failed_items(tmp_path, 5)
+    writes: list[int] = []
+    first_write_started, release_first_write = threading.Event(), threading.Event()
+
+    class Recording(PartWriter):
+        def write(self, finished):
+            finished = list(finished)
+            writes.append(len(finished))
+            if len(writes) == 1:  # hold the first write until the others queue behind it
+                first_write_started.set()
+                release_first_write.wait(10)
+            return super().write(finished)
+
+    group = GroupWriter(Recording(store, LINEAGE))
+
+    async def block() -> tuple[list, set]:
+        slow_may_finish = asyncio.Event()
+
+        async def finish(item: WorkItem, slow: bool):
+            if slow:
+                await slow_may_finish.wait()
+            return await group.write(plan.key, item)
+
+        tasks = [asyncio.create_task(finish(item, slow=(n == 0))) for n, item in enumerate(items)]
+        await asyncio.to_thread(first_write_started.wait, 10)
+        await asyncio.sleep(0.05)  # the others queue behind the first write
+        release_first_write.set()
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(durable_outcomes(store)) < len(items) - 1 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        durable_before_slow = set(durable_outcomes(store))
+        slow_may_finish.set()
+        return await asyncio.gather(*tasks), durable_before_slow
+
+    outcomes, durable_before_slow = asyncio.run(block())
+    assert durable_before_slow == {i.item_id for i in items[1:]}  # all but the slow one, while it ran
+    assert writes == [1, len(items) - 2, 1]  # the first alone, the busy ones together, the slow one
+    assert [o["id"] for o in outcomes] == [i.item_id for i in items]
+    stored = durable_outcomes(store)
+    assert {o["id"]: o["part"] for o in outcomes} == {k: v["part"] for k, v in stored.items()}
+    assert len(store.find(PARTS_DIR)) == 3

@@ -10,7 +10,7 @@ classifies every one of its fields in ``OUTPUTS`` or ``NOT_OUTPUTS``
 """
 
 from button_ray.config.base import Strength, _Config
-from button_ray.config.content import ContentConfig, TightConstraints
+from button_ray.config.content import JUDGE_SCALE, ContentConfig, JudgeConfig, TightConstraints
 from button_ray.config.method import MethodConfig, StageSampling
 from button_ray.config.run import (
     ITEM_SOURCE_CPUS,
@@ -24,6 +24,7 @@ from button_ray.config.run import (
 )
 
 __all__ = [
-    "ITEM_SOURCE_CPUS", "ContentConfig", "EngineConfig", "MethodConfig", "OutputConfig", "PoolConfig", "RunConfig",
-    "RuntimeConfig", "ScenarioConfig", "StageSampling", "Strength", "TightConstraints", "_Config", "load_config",
+    "ITEM_SOURCE_CPUS", "JUDGE_SCALE", "ContentConfig", "EngineConfig", "JudgeConfig", "MethodConfig", "OutputConfig",
+    "PoolConfig", "RunConfig", "RuntimeConfig", "ScenarioConfig", "StageSampling", "Strength", "TightConstraints",
+    "_Config", "load_config",
 ]

@@ -1,5 +1,6 @@
-"""How tightly outputs are held (:class:`TightConstraints`) and the content rules
-(:class:`ContentConfig`): docs/constraints.md and docs/quality.md."""
+"""How tightly outputs are held (:class:`TightConstraints`), the content rules
+(:class:`ContentConfig`) and the LLM judge of finished dialogues (:class:`JudgeConfig`):
+docs/constraints.md and docs/quality.md."""
 
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ class ContentConfig(_Config):
         "degeneration", "repeat_ngram", "max_repeated_share", "pattern_ngram", "max_pattern_repeats",
         "sentence_min_words", "copied_turn_similarity", "copied_turn_min_words", "final_min_words", "grounding",
         "grounding_min_overlap", "result_conformance", "plan_coverage", "relevance_min_similarity",
-        "relevance_model", "subtask_max_similarity", "near_duplicate_threshold", "near_duplicate_permutations",
+        "relevance_model", "subtask_max_similarity", "near_duplicate_threshold", "near_duplicate_dialogue_threshold",
+        "near_duplicate_permutations",
         "near_duplicate_bands", "near_duplicate_capacity",
     })
 
@@ -183,6 +185,15 @@ class ContentConfig(_Config):
         "kept depends on arrival order. In `button-ray filter` the first user message stands for the composite "
         "task. None: off.",
     )
+    near_duplicate_dialogue_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Run-wide, like near_duplicate_threshold but over the whole dialogue (every message but the "
+        "system prompt): reject an emitted trajectory whose dialogue nearly duplicates one kept earlier, whatever "
+        "its composite task (same stage and reason, the detail says 'dialogue'). None (the default): off; the "
+        "cluster configs set 0.9. A second index of the same size as the composite tasks' on the driver.",
+    )
     near_duplicate_permutations: int = Field(
         64, ge=8, le=512, description="MinHash permutations (2 bytes each per kept task); a multiple of the bands."
     )
@@ -196,8 +207,9 @@ class ContentConfig(_Config):
     near_duplicate_capacity: int = Field(
         1_000_000,
         ge=1,
-        description="Most composite tasks the index holds (about 350 bytes each with the defaults): the bound on its "
-        "memory. Later tasks are still checked against the indexed ones, but not added.",
+        description="Most records each index (composite tasks, dialogues) holds (about 350 bytes per record and "
+        "index with the defaults): the bound on their memory. Later records are still checked against the indexed "
+        "ones, but not added.",
     )
 
     @model_validator(mode="after")
@@ -212,3 +224,43 @@ class ContentConfig(_Config):
         # YAML reads a bare `off` as false: `grounding: off` must mean "off".
         return "off" if value is False else value
 
+
+#: The judge's score scale, lowest and highest (every axis): fixed, so scores of runs
+#: with different thresholds stay comparable.
+JUDGE_SCALE = (1, 5)
+
+
+class JudgeConfig(_Config):
+    """The LLM quality judge over each finished dialogue (``docs/quality.md``, "The dialogue
+    judge"): one extra LLM call per dialogue that passed every other rule, role
+    ``dialogue_judge``. It scores helpfulness, the final answer's correctness against the
+    tool results and the user's naturalness on :data:`JUDGE_SCALE`; a dialogue under a
+    threshold is rejected (stage ``dialogue_judge``, reason ``judge_low_score``)."""
+
+    OUTPUTS = frozenset({"enabled", "min_score", "min_mean", "reason_max_chars"})
+
+    enabled: bool = Field(
+        False,
+        description="Judge every dialogue that passed the trajectory filter and the content rules (one more LLM "
+        "call each, role dialogue_judge, which a pool must serve). Off: no call, the judge columns are null.",
+    )
+    min_score: int = Field(
+        3,
+        ge=JUDGE_SCALE[0],
+        le=JUDGE_SCALE[1],
+        description="Every axis (helpfulness, correctness, naturalness) must score at least this, on the 1-5 "
+        "scale; a lower one rejects the dialogue (reason judge_low_score). 1: no axis threshold.",
+    )
+    min_mean: float | None = Field(
+        None,
+        ge=JUDGE_SCALE[0],
+        le=JUDGE_SCALE[1],
+        description="The mean of the three scores must be at least this (reason judge_low_score). None: off.",
+    )
+    reason_max_chars: int = Field(
+        300,
+        ge=20,
+        le=2000,
+        description="Bound on the judge's reason at the 'tight' strength (a small model rambles into max_tokens "
+        "before its scores otherwise); 'structure' sends no length bound.",
+    )

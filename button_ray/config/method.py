@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, PrivateAttr, model_validator
 
 from button_ray.config.base import Strength, _Config, _s
-from button_ray.config.content import ContentConfig, TightConstraints
+from button_ray.config.content import ContentConfig, JudgeConfig, TightConstraints
 from button_ray.llm.contract import Role, Sampling
 from button_ray.records import GENERATED_FUNCTION_NAME_PATTERN, PARAMETER_NAME_PATTERN
 
@@ -20,7 +20,8 @@ class StageSampling(_Config):
     """Sampling per bottom-up stage and per agent role (seeds are derived per request)."""
 
     OUTPUTS = frozenset({"scenario_extraction", "scenario_expansion", "atomic_task", "composition",
-                         "composition_filter", "functions", "user_agent", "assistant_agent", "tool_agent"})
+                         "composition_filter", "functions", "user_agent", "assistant_agent", "tool_agent",
+                         "dialogue_judge"})
 
     scenario_extraction: Sampling = Field(_s(0.3, 48), description="Naming a seed chat's scenario.")
     scenario_expansion: Sampling = Field(_s(1.0, 48), description="Inventing a new scenario.")
@@ -31,6 +32,8 @@ class StageSampling(_Config):
     user_agent: Sampling = Field(_s(0.7, 200), description="User agent messages.")
     assistant_agent: Sampling = Field(_s(0.3, 400), description="Assistant turns.")
     tool_agent: Sampling = Field(_s(0.5, 256), description="Tool results.")
+    # Not greedy: a retry of an unparseable verdict needs a different draw.
+    dialogue_judge: Sampling = Field(_s(0.2, 320, 1.0), description="The dialogue judge (method.judge).")
 
     def for_role(self, role: Role) -> Sampling:
         return getattr(self, role)
@@ -48,7 +51,7 @@ class MethodConfig(_Config):
         "steer_calls", "steer_max_calls", "max_functions_per_subtask", "min_functions_per_subtask",
         "function_name_pattern", "function_names_from_subtask", "parameter_name_pattern",
         "atomic_task_max_words", "reject_prompt_copies", "pin_first_subtask", "min_calls",
-        "min_assistant_turns", "sampling", "content",
+        "min_assistant_turns", "sampling", "content", "judge",
     })
     # The templates' contents are in the fingerprint (RunConfig.fingerprint); where they lie is not.
     NOT_OUTPUTS = frozenset({"prompts_dir"})
@@ -179,6 +182,7 @@ class MethodConfig(_Config):
     min_assistant_turns: int = Field(2, ge=1, description="Trajectory filter: minimum assistant turns.")
     sampling: StageSampling = StageSampling()
     content: ContentConfig = ContentConfig()
+    judge: JudgeConfig = JudgeConfig()
     prompts_dir: str | None = Field(
         None,
         description="Directory of the prompt templates, e.g. a copy of the repository's prompts/ adapted to a "

@@ -206,7 +206,11 @@ class RuntimeConfig(_Config):
         64, ge=1, description="Concurrent items (coroutines) per pipeline actor."
     )
     batch_size: int = Field(
-        1, ge=1, le=4, description="Rows per Ray Data block/batch; small, so a slow item delays few others."
+        1, ge=1, le=64,
+        description="Items per Ray Data block. The driver pays per block (~2 ms per block and stage, "
+        "benchmarks/RESULTS.md), so large runs want 16-32; a block moves on to the next stage when its "
+        "slowest item is done (each item is durable as soon as it finishes, whatever its block), so keep "
+        "items_in_flight_per_actor several blocks deep.",
     )
     actor_num_cpus: float = Field(
         0.25, gt=0, description="CPUs reserved per pipeline actor (they mostly await the engines); also the "
@@ -258,21 +262,27 @@ class RunConfig(_Config):
                 if role in served:
                     raise ValueError(f"role {role!r} is served by pools {served[role]!r} and {pool.name!r}")
                 served[role] = pool.name
-        missing = [r for r in ROLES if r not in served]
+        missing = [r for r in self.needed_roles() if r not in served]
         if missing:
             raise ValueError(f"no pool serves roles {missing}")
         if len({p.name for p in self.pools}) != len(self.pools):
             raise ValueError("pool names must be unique")
         return self
 
+    def needed_roles(self) -> tuple[str, ...]:
+        """The roles some pool must serve: every role, the judge's only when it is on (a
+        config written before the judge existed names its pools' roles without it)."""
+        return tuple(r for r in ROLES if r != "dialogue_judge" or self.method.judge.enabled)
+
     def pool_for(self, role: Role) -> PoolConfig:
         return next(p for p in self.pools if role in p.roles)
 
     def resolved_method(self) -> MethodConfig:
-        """The method config the stages run with: every role's constraint strength
+        """The method config the stages run with: every served role's constraint strength
         spelled out (``method.constraints`` first, else the serving pool's), and the
         prompt templates read (a :class:`ConfigError` if one is missing or malformed)."""
-        strengths = {role: self.method.constraints.get(role, self.pool_for(role).constraints) for role in ROLES}
+        served = {role: pool for pool in self.pools for role in pool.roles}
+        strengths = {role: self.method.constraints.get(role, pool.constraints) for role, pool in served.items()}
         return self.method.with_templates().model_copy(update={"constraints": strengths})
 
     def with_templates(self) -> "RunConfig":

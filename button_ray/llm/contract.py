@@ -14,7 +14,8 @@ from pydantic import Field, model_validator
 from button_ray.frozen import Frozen
 
 #: The roles a request can be routed by. Bottom-up stages and the three agents may be
-#: served by different model pools (see ``config.PoolConfig.roles``).
+#: served by different model pools (see ``config.PoolConfig.roles``). ``dialogue_judge``
+#: (``method.judge``) is needed only when the judge is on.
 Role = Literal[
     "scenario_extraction",
     "scenario_expansion",
@@ -25,6 +26,7 @@ Role = Literal[
     "user_agent",
     "assistant_agent",
     "tool_agent",
+    "dialogue_judge",
 ]
 ROLES: tuple[str, ...] = Role.__args__  # type: ignore[attr-defined]
 

@@ -24,7 +24,7 @@ from button_ray.llm.contract import ChatMessage, LLMClient, LLMRequest, LLMRespo
 from button_ray.records import ToolCall, TrajectoryStats, Turn, WorkItem, stable_id
 from button_ray.specs import call_key
 from button_ray.steps import ParseError, StepResult, run_step
-from button_ray.top_down import agents
+from button_ray.top_down import agents, judge
 from button_ray.top_down.filter import filter_problem
 
 ROLES = ("user_agent", "assistant_agent", "tool_agent")
@@ -184,8 +184,9 @@ async def simulate(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> WorkIte
     ``stats`` and ``messages`` and marks the item ``emitted``; otherwise rejects it with
     the stage (``user_agent``, ``assistant_agent``, ``tool_agent``, ``simulation`` or
     ``trajectory_filter``: the structural rules, then the content rules) and a reason
-    code. Engine errors propagate to the caller. Items that already have an outcome are
-    returned unchanged.
+    code. With ``method.judge`` on, a dialogue that passes is then judged (stage
+    ``dialogue_judge``, see :mod:`.judge`). Engine errors propagate to the caller. Items
+    that already have an outcome are returned unchanged.
     """
     if item.outcome != "pending":
         return item
@@ -213,6 +214,9 @@ async def simulate(item: WorkItem, llm: LLMClient, cfg: MethodConfig) -> WorkIte
     if errors:
         # The filter and the renderer disagree: keep the record out rather than ship it.
         return item.reject("trajectory_filter", "invalid_button_record", "; ".join(errors[:3]))
+    # Last: no judge call is spent on a dialogue that a rule costing no LLM call rejects.
+    if cfg.judge.enabled and not await judge.judge_dialogue(item, messages, llm, cfg):
+        return item
     item.turns = tuple(sim.turns)
     item.stats = sim.stats()
     item.messages = tuple(messages)

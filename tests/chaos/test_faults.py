@@ -26,7 +26,7 @@ from button_ray.config import load_config
 from button_ray.errors import OutputError
 from button_ray.pipeline import run_generate
 from button_ray.sink import OutputStore, read_committed
-from tests.fakes import in_flight, read_traces
+from tests.fakes import OracleEngine, in_flight, read_traces
 from tests.storage import helpers as h
 
 pytestmark = [pytest.mark.chaos, pytest.mark.s3, pytest.mark.ray]
@@ -93,13 +93,35 @@ def test_replica_killed_with_requests_in_flight(ray_local, s3_server, tmp_path):
 
 # -- simulation actor ------------------------------------------------------------------
 
-def test_simulation_actor_killed_mid_trajectory(ray_local, s3_server, tmp_path):
+@pytest.mark.parametrize("batch", [1, 8])
+def test_simulation_actor_killed_mid_trajectory(ray_local, s3_server, tmp_path, batch):
     """SIGKILL the Ray Data simulation actor while it holds trajectories: they are redone
-    once; no committed trajectory lost, no half trajectory committed, no duplicate."""
+    once; no committed trajectory lost, no half trajectory committed, no duplicate.
+
+    With ``batch`` 8 the run is one shard of 8 items in one Ray Data block, some of them
+    slow (the engine answers them at 1.5 s a request), and the kill waits until the fast
+    ones are stored while the slow ones of the same block still run: what finished is
+    durable at once, not when its block is done, and is not redone when Ray Data gives
+    the block to the restarted actor."""
     trace = tmp_path / "trace"
     trace.mkdir()
-    run = h.cfg(s3_server.uri("sim-kill"), s3_server.storage_options, n=4, shard_size=2, slots=2,
-                latency_s=0.3, trace_dir=str(trace))
+    shards = 2 if batch == 1 else 1
+
+    def config(engine: dict):
+        run = h.cfg(s3_server.uri(f"sim-kill-{batch}"), s3_server.storage_options, n=4, shard_size=4 // shards,
+                    slots=2, trace_dir=str(trace), **engine)
+        return run.model_copy(update={"runtime": run.runtime.model_copy(update={"batch_size": batch})})
+
+    run, slow_ids = config({"latency_s": 0.3}), set()
+    # The engine's settings are part of the item ids: the first salt that makes 2-5 of
+    # the 8 items slow (the same one every time for the same code).
+    for salt in range(100 if batch > 1 else 0):
+        engine = {"slow_share": 0.4, "slow_salt": str(salt), "slow_latency_s": 1.5, "latency_s": 0.05}
+        run = config(engine)
+        slow_ids = {i for i in h.expected_ids(run) if OracleEngine.slow(engine, i)}
+        if 2 <= len(slow_ids) <= 5:
+            break
+    assert batch == 1 or 2 <= len(slow_ids) <= 5
     before = h.all_actor_ids("SimulationStage")
     bg = h.Background(lambda: run_generate(run))
     sim_roles = {"user_agent", "assistant_agent", "tool_agent"}
@@ -113,6 +135,9 @@ def test_simulation_actor_killed_mid_trajectory(ray_local, s3_server, tmp_path):
         turns = {e[3] for e in events if e[0] == "end" and e[2] in sim_roles}
         open_turns = {e[1] for e in events if e[0] == "start" and e[2] in sim_roles} - \
             {e[1] for e in events if e[0] == "end"}
+        if batch > 1 and (not {r.split("/", 1)[0] for r in open_turns} & slow_ids or
+                          not h.durable_uncommitted(run.output.uri, run.output.storage_options, set())):
+            return None
         return (ours[0], turns) if turns and open_turns and not bg.done() else None
 
     actor, _ = h.wait_for(mid_trajectory, 120, "a trajectory in the middle of its turns")
@@ -141,7 +166,9 @@ def test_simulation_actor_killed_mid_trajectory(ray_local, s3_server, tmp_path):
     assert not {rid for rid in redone if rid.split("/", 1)[0] in durable}, "a durable item was redone"
 
     assert h.actor_info(actor["ActorID"])["NumRestarts"] >= 1, "Ray did not restart the killed actor"
-    assert committed_before < 2, "the kill came after every shard was committed"
+    assert committed_before < shards, "the kill came after every shard was committed"
+    if batch > 1:
+        assert durable and not durable & slow_ids, "the fast items were not stored while the slow ones ran"
     assert result["failed"] == 0
     expected = h.expected_ids(run)
     h.assert_exact(run.output.uri, run.output.storage_options, expected)

@@ -1,7 +1,7 @@
-"""A zero-latency scripted answerer for the three top-down agents.
+"""A zero-latency scripted answerer for the three top-down agents and the dialogue judge.
 
-``respond(request)`` returns a valid answer for ``user_agent``, ``assistant_agent`` and
-``tool_agent`` requests (``None`` for any other role), derived only from the request,
+``respond(request)`` returns a valid answer for ``user_agent``, ``assistant_agent``,
+``tool_agent`` and ``dialogue_judge`` requests (``None`` for any other role), derived only from the request,
 so trajectories driven by it pass the trajectory filter and the BUTTON validator.
 What it reads from a request:
 
@@ -21,7 +21,8 @@ What it reads from a request:
   then it gives ``<final>``;
 - tool agent: the function definition between ``<tool>`` and ``</tool>`` and the call
   between ``<call>`` and ``</call>`` (``prompts/tool_agent.j2``); it answers every
-  declared response key with a value of its type.
+  declared response key with a value of its type;
+- dialogue judge: scores high enough to pass any threshold up to 4.
 """
 
 from __future__ import annotations
@@ -142,7 +143,14 @@ def _user(request: LLMRequest) -> str:
     return "Yes, please go ahead with the details I gave."
 
 
+def _judge(request: LLMRequest) -> str:
+    return json.dumps({"reason": "The assistant used the tools and reported their results.",
+                       "helpfulness": 5, "correctness": 5, "naturalness": 4})
+
+
 def respond(request: LLMRequest) -> str | None:
-    """A valid answer for a top-down agent request, or None for other roles."""
-    handler = {"user_agent": _user, "assistant_agent": _assistant, "tool_agent": _tool}.get(request.role)
+    """A valid answer for a top-down agent request or the dialogue judge's (high scores),
+    or None for other roles."""
+    handler = {"user_agent": _user, "assistant_agent": _assistant, "tool_agent": _tool,
+               "dialogue_judge": _judge}.get(request.role)
     return handler(request) if handler else None
