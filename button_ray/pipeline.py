@@ -53,7 +53,7 @@ def init_ray(cfg: RunConfig) -> None:
     ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
 
 
-def _engine_activity(pools: Pools, since: float) -> str:
+def engine_activity(pools: Pools, since: float) -> str:
     """Requests served and in flight over all replicas, and the engines' completion
     tokens/s since ``since`` (what the engines produce now, not only finished items)."""
     metrics = ray.get([h.metrics.remote() for _, handles in pools.values() for h in handles], timeout=5)
@@ -238,7 +238,7 @@ def _run_rounds(cfg: RunConfig, pre: Preflight, plans: list[ShardPlan], next_rou
     begun = time.monotonic()
     pools, infos = start_pools(cfg.pools)
     engines_up = time.monotonic()
-    progress.probe = lambda: _engine_activity(pools, engines_up)
+    progress.probe = lambda: engine_activity(pools, engines_up)
     progress.start_heartbeat()
     scenarios = {s.scenario_id: s for s in pre.scenarios}
     slots = cfg.method.atomic_tasks_per_scenario

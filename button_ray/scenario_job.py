@@ -32,7 +32,7 @@ from button_ray.bottom_up.scenarios import (JobOutcome, JobRunner, ScenarioJob, 
 from button_ray.config import MethodConfig, RunConfig
 from button_ray.errors import InputError, OutputError, ours
 from button_ray.llm.replica import Pools, start_pools, stop_pools
-from button_ray.pipeline import _engine_activity, init_ray, set_data_context
+from button_ray.pipeline import engine_activity, init_ray, set_data_context
 from button_ray.stages import ScenarioStage
 
 # Rows per Ray Data block: Ray Data's executor costs the driver a few ms per block, and a
@@ -183,7 +183,7 @@ def run_scenario_job(cfg: RunConfig, seeds: str | None, base: str, target: int, 
     pools, _ = start_pools(cfg.pools)
     engines_up = time.monotonic()
     progress = summ.Progress(0, rt.progress_interval_s, out=sys.stderr,
-                             probe=lambda: _engine_activity(pools, engines_up))
+                             probe=lambda: engine_activity(pools, engines_up))
     timing = {"stream_s": 0.0}
     dedup = None
     try:

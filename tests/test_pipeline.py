@@ -315,7 +315,7 @@ def test_progress_probe_reports_what_the_engines_produce_now(ray_local):
 
     import ray
 
-    from button_ray.pipeline import _engine_activity
+    from button_ray.pipeline import engine_activity
 
     @ray.remote(num_cpus=0)
     class Replica:
@@ -327,7 +327,7 @@ def test_progress_probe_reports_what_the_engines_produce_now(ray_local):
 
     handles = [Replica.remote(100), Replica.remote(140)]
     since = time.monotonic() - 4.0
-    line = _engine_activity({"main": (None, handles)}, since)
+    line = engine_activity({"main": (None, handles)}, since)
     elapsed = time.monotonic() - since
     assert line.startswith("engines: 6 requests served, 4 in flight, ")
     rate = float(line.rsplit(", ", 1)[1].split()[0])
