@@ -309,16 +309,15 @@ def _cpu_by_kind(procs: dict[int, dict[str, Any]]) -> dict[str, float]:
     return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
-def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
+def sampled_child(module: str, args: list[str], label: str,
+                  env: dict[str, str] | None = None) -> tuple[dict[str, Any], TreeSampler]:
+    """Run ``python -m benchmarks.<module> <args> --result FILE`` in a fresh process while
+    a :class:`TreeSampler` watches it and its children; the child's result and the sampler."""
     with tempfile.TemporaryDirectory() as tmp:
         result_path = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "benchmarks.bench_overhead", "--child", str(n), "--slots", str(args.slots),
-               "--shard-size", str(args.shard_size), "--actors", str(args.actors),
-               "--in-flight", str(args.in_flight), "--batch-size", str(args.batch_size),
-               "--result", str(result_path)]
-        if args.profile:
-            cmd += ["--profile", f"{args.profile}.{n}.prof"]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        cmd = [sys.executable, "-m", f"benchmarks.{module}", *args, "--result", str(result_path)]
+        env = {**os.environ, **(env or {}),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.Popen(cmd, cwd=REPO, env=env)
         sampler = TreeSampler(proc.pid)
         sampler.start()
@@ -326,8 +325,16 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         sampler.stop.set()
         sampler.join()
         if rc != 0:
-            raise SystemExit(f"size {n}: the child exited with {rc}")
-        result = json.loads(result_path.read_text())
+            raise SystemExit(f"{label}: the child exited with {rc}")
+        return json.loads(result_path.read_text()), sampler
+
+
+def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    child = ["--child", str(n), "--slots", str(args.slots), "--shard-size", str(args.shard_size), "--actors",
+             str(args.actors), "--in-flight", str(args.in_flight), "--batch-size", str(args.batch_size)]
+    if args.profile:
+        child += ["--profile", f"{args.profile}.{n}.prof"]
+    result, sampler = sampled_child("bench_overhead", child, f"size {n}")
     result.update(sampler.report())
     cores = os.cpu_count() or 1
     stream = result["stream_s"]

@@ -27,15 +27,13 @@ import json
 import os
 import random
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_overhead import TreeSampler
+from benchmarks.bench_overhead import sampled_child
 from benchmarks.common import REPO, now, table, write_result
 from tests.fakes import OracleEngine
 
@@ -101,21 +99,9 @@ def run_child(target: int, actors: int, concurrency: int, result_path: Path) -> 
 # -- parent --------------------------------------------------------------------------------
 
 def run_size(target: int, args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        result_path = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "benchmarks.bench_scenarios", "--child", str(target), "--actors",
-               str(args.actors), "--concurrency", str(args.concurrency), "--result", str(result_path)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env)
-        sampler = TreeSampler(proc.pid)
-        sampler.start()
-        rc = proc.wait()
-        sampler.stop.set()
-        sampler.join()
-        if rc != 0:
-            raise SystemExit(f"target {target}: the child exited with {rc}")
-        result = json.loads(result_path.read_text())
+    result, sampler = sampled_child(
+        "bench_scenarios", ["--child", str(target), "--actors", str(args.actors), "--concurrency",
+                            str(args.concurrency)], f"target {target}", env={"HF_HUB_OFFLINE": "1"})
     tree = sampler.report()
     result["driver_peak_rss_mib"] = tree["driver_peak_rss_mib"]
     result["workers_by_kind"] = tree["workers_by_kind"]
