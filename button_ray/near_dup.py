@@ -62,7 +62,7 @@ class Match(NamedTuple):
 class MinHasher:
     """MinHash signatures of texts: the same ``num_perm``, ``shingle`` and ``seed`` give the
     same signatures in every process, so the writers compute them and the driver only
-    looks them up (:meth:`NearDuplicateIndex.add_signature`)."""
+    looks them up (:class:`DuplicateCheck`)."""
 
     def __init__(self, num_perm: int = 64, shingle: int = 3, seed: int = 0) -> None:
         self.num_perm, self.shingle = num_perm, shingle
@@ -109,7 +109,8 @@ class NearDuplicateIndex:
         self._buffered = 0
         self.size = 0
 
-    def _band_keys(self, signature: np.ndarray) -> np.ndarray:
+    def band_keys(self, signature: np.ndarray) -> np.ndarray:
+        """One 64-bit LSH key per band of ``signature``."""
         rows = signature.reshape(self.bands, -1).astype(np.uint64)
         # One 64-bit key per band, salted by the band's index so equal rows of different
         # bands do not collide.
@@ -135,8 +136,19 @@ class NearDuplicateIndex:
             found.update(self._buffer.get(key, ())[-_PER_KEY:])
         return np.fromiter(found, dtype=np.int32, count=len(found))
 
-    def _match(self, signature: np.ndarray, keys: np.ndarray) -> Match | None:
-        """The most similar indexed text at or above the threshold, or None."""
+    def add(self, record_id: str, text: str) -> Match | None:
+        """The kept text ``text`` nearly duplicates, or None: then ``text`` is kept (indexed
+        while the index holds fewer than ``capacity`` texts)."""
+        signature = self.hasher.signature(text)
+        keys = self.band_keys(signature)
+        match = self.match(signature, keys)
+        if match is None:
+            self.keep(record_id, signature, keys)
+        return match
+
+    def match(self, signature: np.ndarray, keys: np.ndarray) -> Match | None:
+        """The most similar indexed text at or above the threshold to the text of
+        ``signature`` (its :meth:`band_keys` are ``keys``), or None; nothing is kept."""
         candidates = self._candidates(keys)
         if not len(candidates):
             return None
@@ -146,26 +158,9 @@ class NearDuplicateIndex:
             return None
         return Match(self._ids[candidates[best]].decode(), float(agree[best]))
 
-    def add(self, record_id: str, text: str) -> Match | None:
-        """The kept text ``text`` nearly duplicates, or None: then ``text`` is kept (indexed
-        while the index holds fewer than ``capacity`` texts)."""
-        return self.add_signature(record_id, self.hasher.signature(text))
-
-    def add_signature(self, record_id: str, signature: np.ndarray) -> Match | None:
-        """:meth:`add` for a text whose signature (by :attr:`hasher`) was computed elsewhere."""
-        keys = self._band_keys(signature)
-        match = self._match(signature, keys)
-        if match is None:
-            self._insert(record_id, signature, keys)
-        return match
-
-    def match(self, signature: np.ndarray) -> Match | None:
-        """What :meth:`add_signature` would find, without keeping anything."""
-        return self._match(signature, self._band_keys(signature))
-
-    def keep(self, record_id: str, signature: np.ndarray) -> None:
+    def keep(self, record_id: str, signature: np.ndarray, keys: np.ndarray) -> None:
         """Index a text found to be no duplicate (by :meth:`match`)."""
-        self._insert(record_id, signature, self._band_keys(signature))
+        self._insert(record_id, signature, keys)
 
     def _insert(self, record_id: str, signature: np.ndarray, keys: np.ndarray) -> None:
         if self.size >= self.capacity:
@@ -255,12 +250,13 @@ class DuplicateCheck:
     def check(self, record_id: str, signatures: Mapping[str, np.ndarray]) -> tuple[str, Match] | None:
         """(kind, the kept record it nearly duplicates) for a record's signatures by kind,
         or None: then the record is kept."""
+        keys = {kind: self.indexes[kind].band_keys(signatures[kind]) for kind in self.signer.kinds}
         for kind in self.signer.kinds:
-            match = self.indexes[kind].match(signatures[kind])
+            match = self.indexes[kind].match(signatures[kind], keys[kind])
             if match is not None:
                 return kind, match
         for kind in self.signer.kinds:
-            self.indexes[kind].keep(record_id, signatures[kind])
+            self.indexes[kind].keep(record_id, signatures[kind], keys[kind])
         return None
 
     def check_outcome(self, record_id: str, outcome: Mapping[str, Any]) -> tuple[str, Match] | None:
@@ -277,7 +273,12 @@ class DuplicateCheck:
         return sum(i.nbytes() for i in self.indexes.values() if i is not None)
 
 
+def signer_for(cfg: ContentConfig) -> Signer | None:
+    """The writers' half of the check ``cfg`` asks for, or None when both kinds are off."""
+    signer = Signer(cfg)
+    return signer if signer.kinds else None
+
+
 def check_for(cfg: ContentConfig) -> DuplicateCheck | None:
     """The run-wide check ``cfg`` asks for, or None when both kinds are off."""
-    check = DuplicateCheck(cfg)
-    return check if check.signer.kinds else None
+    return DuplicateCheck(cfg) if signer_for(cfg) is not None else None

@@ -9,9 +9,9 @@ together share a part), before it reports it::
 
 and tells the driver only each item's :data:`Outcome` (id, part, one-item stats, and
 the signature of its composite task for the near-duplicate check). Every outcome the
-driver sees is therefore durable. When all items of a shard are, a commit task reads the parts the
-driver chose (one per item: a retried block may have written an item twice), writes
-the shard's data and rejected files and its marker exactly as before
+driver sees is therefore durable. When all items of a shard are, a commit task reads
+the parts the driver chose (one per item: a retried block may have written an item
+twice), writes the shard's data and rejected files and its marker exactly as before
 (:meth:`~button_ray.sink.OutputStore.commit_shard`), then deletes the parts whose
 items it committed. A killed driver, writer or node costs at most the items in flight:
 a resume reads the outcomes stored in the parts' footers (:func:`durable_outcomes`)

@@ -30,9 +30,9 @@ from button_ray.bottom_up.dedup import Deduplicator, Encoder
 from button_ray.bottom_up.scenarios import (JobOutcome, JobRunner, ScenarioJob, build_scenario_pool,
                                             load_default_scenarios)
 from button_ray.config import MethodConfig, RunConfig
-from button_ray.errors import InputError, OutputError, ours
+from button_ray.errors import InputError, OutputError
 from button_ray.llm.replica import Pools, start_pools, stop_pools
-from button_ray.pipeline import engine_activity, init_ray, set_data_context
+from button_ray.pipeline import engine_activity, init_ray, set_data_context, unwrapped
 from button_ray.stages import ScenarioStage
 
 # Rows per Ray Data block: Ray Data's executor costs the driver a few ms per block, and a
@@ -137,14 +137,11 @@ def _stream_round(cfg: RunConfig, method: MethodConfig, pools: Pools, jobs: list
         resources=dict(rt.actor_resources) or None,
     )
     outcomes: list[JobOutcome | None] = [None] * len(jobs)
-    try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for pos, raw in zip(batch["pos"], batch["outcome"]):
-                outcome = outcomes[int(pos)] = JobOutcome.model_validate_json(raw)
-                progress.update(_row_stats(jobs[int(pos)].role, outcome))
-    except ray.exceptions.RayTaskError as exc:
-        # A stage's own error (no engine answering) is printed as its one sentence.
-        raise ours(exc) from None
+    # A stage's own error (no engine answering) is printed as its one sentence.
+    for batch in unwrapped(ds.iter_batches(batch_size=None, batch_format="numpy")):
+        for pos, raw in zip(batch["pos"], batch["outcome"]):
+            outcome = outcomes[int(pos)] = JobOutcome.model_validate_json(raw)
+            progress.update(_row_stats(jobs[int(pos)].role, outcome))
     timing["stream_s"] += time.monotonic() - started
     missing = sum(o is None for o in outcomes)
     if missing:

@@ -25,7 +25,7 @@ from button_ray.config import MethodConfig, ScenarioConfig
 from button_ray.errors import LLMUnavailableError
 from button_ray.llm.pool import PoolClient
 from button_ray.llm.replica import Pools
-from button_ray.near_dup import check_for
+from button_ray.near_dup import signer_for
 from button_ray.parts import GroupWriter, PartWriter, durable_outcomes
 from button_ray.records import WorkItem
 from button_ray.storage import Storage
@@ -90,8 +90,7 @@ class SimulationStage(ItemStage):
 
         super().__init__(stage, method, pools, affinity)
         store = Storage(output_uri, storage_options)
-        check = check_for(method.content)
-        self.writer = GroupWriter(PartWriter(store, lineage, check.signer if check else None))
+        self.writer = GroupWriter(PartWriter(store, lineage, signer_for(method.content)))
         # Restarted after a crash, this actor gets the crashed one's blocks again, and
         # parts hold the items it finished (a block's items are stored one by one): those
         # are reported from their parts, not run again.
